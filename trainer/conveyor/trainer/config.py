@@ -1,0 +1,322 @@
+"""The workload's configuration: what a stage of the pipeline is asked to do.
+
+These pydantic models carry exactly the field names and meanings of the `TrainingPipeline` manifest
+(`spec.task`, `spec.data`, `spec.model`, ...), camelCase on the wire. The control plane composes them
+into the full resource; the data plane receives the subset it needs as JSON. They import without torch
+so that the operator (which has no torch) validates with the very same code the workload runs.
+
+Defaults are chosen so that a minimal spec trains well: an MLP with AdamW on standardised features.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+TaskType = Literal["classification", "regression"]
+Goal = Literal["maximize", "minimize"]
+Architecture = Literal["mlp", "cnn", "resnet", "lstm", "transformer"]
+OptimizerName = Literal["sgd", "adam", "adamw", "adagrad", "rmsprop"]
+ScheduleName = Literal["constant", "step", "cosine", "onecycle"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Normalization = Literal["standard", "minmax", "none"]
+EnsembleMethod = Literal["softVoting", "hardVoting", "weightedAverage"]
+Quantization = Literal["none", "int8"]
+
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "rocAuc", "logLoss")
+REGRESSION_METRICS = ("mse", "rmse", "mae", "r2")
+# Metrics where smaller is better; everything else is maximised.
+LOWER_IS_BETTER = frozenset({"loss", "logLoss", "mse", "rmse", "mae"})
+BUILTIN_DATASETS = ("digits", "iris", "wine", "breast-cancer", "diabetes", "synthetic")
+
+
+def metrics_for(task: TaskType) -> tuple[str, ...]:
+    """Every metric the evaluation computes for a task; `loss` (validation loss) is always there too."""
+    return ("loss", *(CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS))
+
+
+def goal_for(metric: str) -> Goal:
+    return "minimize" if metric in LOWER_IS_BETTER else "maximize"
+
+
+class Spec(BaseModel):
+    """Base of every manifest section: camelCase on the wire, unknown fields rejected (typos fail loudly)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The manifest form: camelCase keys, JSON-compatible values."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+PositiveFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+# --- task -------------------------------------------------------------------------------------
+
+
+class ObjectiveSpec(Spec):
+    """What tuning optimises and how the best trial and the ensemble members are chosen."""
+
+    metric: str | None = Field(
+        default=None,
+        description="A metric computed on the validation split (accuracy, f1, rmse, loss, ...). "
+        "Defaults to accuracy for classification and rmse for regression.",
+    )
+    goal: Goal | None = Field(default=None, description="maximize or minimize; defaults from the metric.")
+
+
+class TaskSpec(Spec):
+    type: TaskType = Field(default="classification", description="classification or regression.")
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+
+    @model_validator(mode="after")
+    def _resolve_objective(self) -> TaskSpec:
+        allowed = metrics_for(self.type)
+        metric = self.objective.metric or ("accuracy" if self.type == "classification" else "rmse")
+        if metric not in allowed:
+            raise ValueError(
+                f"objective.metric {metric!r} is not computed for a {self.type} task; "
+                f"use one of: {', '.join(allowed)}"
+            )
+        self.objective.metric = metric
+        self.objective.goal = self.objective.goal or goal_for(metric)
+        return self
+
+    @property
+    def metric(self) -> str:
+        assert self.objective.metric is not None
+        return self.objective.metric
+
+    @property
+    def maximize(self) -> bool:
+        return self.objective.goal == "maximize"
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+class SplitSpec(Spec):
+    validation: PositiveFraction = Field(default=0.15, description="Fraction held out for validation.")
+    test: PositiveFraction = Field(default=0.15, description="Fraction held out for the final evaluation.")
+    seed: int = Field(default=42, description="Seed of the split; every stage sees the same split.")
+    stratify: bool = Field(default=True, description="Keep class proportions in every split.")
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self) -> SplitSpec:
+        if self.validation + self.test >= 0.9:
+            raise ValueError(
+                f"validation ({self.validation}) + test ({self.test}) leave almost nothing to train on; "
+                "keep their sum below 0.9"
+            )
+        return self
+
+
+class PreprocessingSpec(Spec):
+    normalize: Normalization = Field(
+        default="standard", description="standard, minmax or none; statistics come from the train split only."
+    )
+
+
+class AugmentationSpec(Spec):
+    random_shift: int = Field(default=0, ge=0, le=8, description="Max pixels an image is shifted (images).")
+    gaussian_noise: float = Field(default=0.0, ge=0.0, description="Std of noise added to training inputs.")
+
+
+class SyntheticSpec(Spec):
+    """Shape of `builtin://synthetic`, generated deterministically for tests and benchmarks."""
+
+    kind: Literal["classification", "regression", "image"] = "classification"
+    samples: int = Field(default=2000, ge=20)
+    features: int = Field(default=20, ge=1)
+    classes: int = Field(default=3, ge=2)
+    image_size: int = Field(default=8, ge=4, le=256)
+    noise: float = Field(default=0.1, ge=0.0)
+
+
+class DataSpec(Spec):
+    source: str = Field(
+        default="builtin://digits",
+        description="builtin://{digits,iris,wine,breast-cancer,diabetes,synthetic}, a path, file://, "
+        "pvc://NAME/PATH, s3://, gs:// or http(s):// to a CSV or Parquet file or a class-per-folder image tree.",
+    )
+    target: str = Field(default="label", description="Label column of tabular files (ignored for builtin sets).")
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)
+    augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
+    synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
+    image_size: int | None = Field(
+        default=None, ge=4, le=512, description="Side that folder images are resized to (default: 32)."
+    )
+    credentials_secret: str | None = Field(
+        default=None, description="Secret with object-store credentials (Kubernetes only)."
+    )
+
+    @model_validator(mode="after")
+    def _known_builtin(self) -> DataSpec:
+        if self.source.startswith("builtin://"):
+            name = self.source.removeprefix("builtin://")
+            if name not in BUILTIN_DATASETS:
+                raise ValueError(
+                    f"source {self.source!r} is not a builtin dataset; "
+                    f"use one of: {', '.join('builtin://' + n for n in BUILTIN_DATASETS)}"
+                )
+        elif not self.source.strip():
+            raise ValueError("source is empty; give builtin://digits, a path or a URI")
+        return self
+
+
+# --- model and optimisation -------------------------------------------------------------------
+
+
+class ModelSpec(Spec):
+    architecture: Architecture = Field(default="mlp", description="mlp, cnn, resnet, lstm or transformer.")
+    hidden_size: int = Field(default=128, ge=1, le=8192, description="Width of hidden layers / channels.")
+    layers: int = Field(default=2, ge=1, le=64, description="Depth: hidden layers, blocks or encoder layers.")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    heads: int = Field(default=4, ge=1, le=64, description="Attention heads (transformer).")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelSpec:
+        if self.architecture == "transformer" and self.hidden_size % self.heads:
+            raise ValueError(
+                f"hiddenSize ({self.hidden_size}) must be divisible by heads ({self.heads}) for a transformer"
+            )
+        return self
+
+
+class ScheduleSpec(Spec):
+    name: ScheduleName = Field(default="constant", description="constant, step, cosine or onecycle.")
+    warmup_epochs: int = Field(default=0, ge=0, description="Linear warm-up before the schedule.")
+    step_size: int = Field(default=10, ge=1, description="Epochs between decays (step).")
+    gamma: float = Field(default=0.1, gt=0.0, le=1.0, description="Decay factor (step).")
+
+
+class OptimizerSpec(Spec):
+    name: OptimizerName = Field(default="adamw", description="sgd, adam, adamw, adagrad or rmsprop.")
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="sgd and rmsprop.")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+
+
+class EarlyStoppingSpec(Spec):
+    patience: int = Field(default=5, ge=1, description="Epochs without improvement before stopping.")
+    min_delta: float = Field(default=0.0, ge=0.0, description="Smallest change that counts as improvement.")
+
+
+class TrainingSpec(Spec):
+    epochs: int = Field(default=20, ge=1, le=100000)
+    batch_size: int = Field(default=64, ge=1, le=65536, description="Per-process batch size.")
+    early_stopping: EarlyStoppingSpec | None = Field(default_factory=EarlyStoppingSpec)
+    precision: Precision = Field(
+        default="auto", description="auto (bf16 on capable GPUs, fp32 on CPU), fp32, bf16 or fp16."
+    )
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    gradient_clipping: float | None = Field(default=None, gt=0.0, description="Max gradient norm.")
+    compile: bool = Field(default=False, description="torch.compile the model.")
+    seed: int = Field(default=0)
+
+
+# --- evaluation, ensemble, serving ------------------------------------------------------------
+
+
+class GateSpec(Spec):
+    """The promotion gate: the model is served only if the test metric clears these bounds."""
+
+    metric: str = Field(default="accuracy", description="A metric the evaluation computes.")
+    min: float | None = Field(default=None, description="Serve only if metric >= min.")
+    max: float | None = Field(default=None, description="Serve only if metric <= max.")
+
+    @model_validator(mode="after")
+    def _has_bound(self) -> GateSpec:
+        if self.min is None and self.max is None:
+            raise ValueError("gate needs min or max (e.g. {metric: accuracy, min: 0.95})")
+        return self
+
+    def passes(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+class EvaluationSpec(Spec):
+    metrics: list[str] | None = Field(
+        default=None, description="Metrics to report; default: all for the task."
+    )
+    gate: GateSpec | None = None
+
+
+class EnsembleSpec(Spec):
+    top_k: int = Field(default=3, ge=1, le=50, description="How many of the best trials to combine.")
+    method: EnsembleMethod = Field(default="softVoting", description="softVoting, hardVoting or weightedAverage.")
+
+
+class AutoscalingSpec(Spec):
+    min_replicas: int = Field(default=1, ge=1)
+    max_replicas: int = Field(default=4, ge=1)
+    target_cpu_utilization: int = Field(default=70, ge=1, le=100)
+
+
+class ServingSpec(Spec):
+    replicas: int = Field(default=1, ge=0, le=1000)
+    quantization: Quantization = Field(default="none", description="none or int8 (dynamic, CPU).")
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="Dynamic batching: largest batch.")
+    max_latency_ms: float = Field(default=2.0, ge=0.0, le=10000.0, description="Dynamic batching: max wait.")
+    port: int = Field(default=8080, ge=1, le=65535)
+    autoscaling: AutoscalingSpec | None = None
+
+
+# --- what a training workload receives ---------------------------------------------------------
+
+
+class TrainerConfig(Spec):
+    """The whole input of `conveyor.trainer train` (and what a trial overrides, by dotted name)."""
+
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+
+    @model_validator(mode="after")
+    def _metrics_fit_task(self) -> TrainerConfig:
+        allowed = metrics_for(self.task.type)
+        for name in self.evaluation.metrics or ():
+            if name not in allowed:
+                raise ValueError(
+                    f"evaluation.metrics: {name!r} is not computed for a {self.task.type} task; "
+                    f"use any of: {', '.join(allowed)}"
+                )
+        gate = self.evaluation.gate
+        if gate is not None and gate.metric not in allowed:
+            raise ValueError(
+                f"evaluation.gate.metric {gate.metric!r} is not computed for a {self.task.type} task; "
+                f"use one of: {', '.join(allowed)}"
+            )
+        return self
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `tree["a"]["b"]` for "a.b", creating sections; the manifest's camelCase names are used."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"{dotted!r}: {key!r} is not a section")
+    node[leaf] = value
+
+
+def with_overrides(config: TrainerConfig, overrides: dict[str, Any]) -> TrainerConfig:
+    """A copy of `config` with trial parameters (dotted manifest names) applied and re-validated."""
+    tree = config.to_wire()
+    for dotted, value in overrides.items():
+        set_dotted(tree, dotted, value)
+    return TrainerConfig.model_validate(tree)

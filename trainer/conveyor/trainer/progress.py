@@ -1,0 +1,108 @@
+"""How a workload reports: per-epoch progress events and one durable final result.
+
+Progress is one JSON object per line, written to stdout (so `kubectl logs` reads well) and appended
+to `progress.jsonl` in the model directory (so the local executor, the learning-curve plot and the
+operator can follow it). The final result goes to `result.json` and, when the file
+`/dev/termination-log` exists (Kubernetes), a summary of at most 4 KiB goes there too: the
+container's termination message survives an operator that was down when the pod finished.
+
+Event shapes (all keys camelCase)::
+
+    {"event": "epoch", "epoch": 3, "epochs": 30, "metrics": {"loss": .., "accuracy": .., "trainLoss": ..},
+     "samplesPerSecond": 1234.5, "etaSeconds": 40.1, "elapsedSeconds": 5.2}
+    {"event": "result", "status": "succeeded" | "failed", "epochsRun": 12, "bestEpoch": 9,
+     "objective": {"metric": "accuracy", "value": 0.97}, "metrics": {...}, "reason": "..", "message": ".."}
+
+Validation metrics use the evaluation's names (`accuracy`, `f1`, `rmse`, ..., `loss` for the
+validation loss); the training loss is `trainLoss`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from conveyor.trainer.artifacts import PROGRESS_FILE, RESULT_FILE, write_json_atomic
+
+TERMINATION_LOG = Path(os.environ.get("CONVEYOR_TERMINATION_LOG", "/dev/termination-log"))
+TERMINATION_LIMIT = 4096
+
+
+def epoch_event(
+    epoch: int,
+    epochs: int,
+    metrics: dict[str, float],
+    samples_per_second: float,
+    elapsed_seconds: float,
+) -> dict[str, Any]:
+    per_epoch = elapsed_seconds / max(epoch, 1)
+    return {
+        "event": "epoch",
+        "epoch": epoch,
+        "epochs": epochs,
+        "metrics": {k: round(float(v), 6) for k, v in metrics.items()},
+        "samplesPerSecond": round(samples_per_second, 1),
+        "etaSeconds": round(per_epoch * (epochs - epoch), 1),
+        "elapsedSeconds": round(elapsed_seconds, 2),
+    }
+
+
+def emit(model_dir: Path, event: dict[str, Any]) -> None:
+    """Print an event and append it to the progress file (one line, flushed)."""
+    line = json.dumps(event, separators=(",", ":"))
+    print(line, flush=True)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with (model_dir / PROGRESS_FILE).open("a") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+
+
+def read_events(model_dir: Path) -> list[dict[str, Any]]:
+    """Every complete event so far; a half-written last line (a writer mid-append) is ignored."""
+    path = model_dir / PROGRESS_FILE
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
+def termination_summary(result: dict[str, Any], limit: int = TERMINATION_LIMIT) -> str:
+    """The result as compact JSON within `limit` bytes, dropping detail before the essentials."""
+    compact = dict(result)
+    text = json.dumps(compact, separators=(",", ":"))
+    for droppable in ("metrics", "message"):
+        if len(text.encode()) <= limit:
+            break
+        compact.pop(droppable, None)
+        text = json.dumps(compact, separators=(",", ":"))
+    return text.encode()[:limit].decode(errors="ignore")
+
+
+def write_result(model_dir: Path, result: dict[str, Any]) -> None:
+    """Persist the final result durably: result file, stdout, and the termination log if present."""
+    payload = {"event": "result", **result}
+    write_json_atomic(model_dir / RESULT_FILE, payload)
+    print(json.dumps(payload, separators=(",", ":")), flush=True)
+    if TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK):
+        TERMINATION_LOG.write_text(termination_summary(payload))
+
+
+def read_result(model_dir: Path) -> dict[str, Any] | None:
+    path = model_dir / RESULT_FILE
+    if not path.exists():
+        return None
+    result: dict[str, Any] = json.loads(path.read_text())
+    return result
+
+
+def main_print(*parts: Any) -> None:
+    """Human-readable lines go to stderr so stdout stays one JSON event per line."""
+    print(*parts, file=sys.stderr, flush=True)
