@@ -145,9 +145,12 @@ class DataSpec(Spec):
     source: str = Field(
         default="builtin://digits",
         description="builtin://{digits,iris,wine,breast-cancer,diabetes,synthetic}, a path, file://, "
-        "pvc://NAME/PATH, s3://, gs:// or http(s):// to a CSV or Parquet file or a class-per-folder image tree.",
+        "pvc://NAME/PATH, s3://, gs:// or http(s):// to a CSV or Parquet file "
+        "or a class-per-folder image tree.",
     )
-    target: str = Field(default="label", description="Label column of tabular files (ignored for builtin sets).")
+    target: str = Field(
+        default="label", description="Label column of tabular files (ignored for builtin sets)."
+    )
     split: SplitSpec = Field(default_factory=SplitSpec)
     preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)
     augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
@@ -182,6 +185,9 @@ class ModelSpec(Spec):
     layers: int = Field(default=2, ge=1, le=64, description="Depth: hidden layers, blocks or encoder layers.")
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     heads: int = Field(default=4, ge=1, le=64, description="Attention heads (transformer).")
+    pooling: Literal["cls", "mean"] = Field(
+        default="cls", description="Transformer pooling: the CLS token or the mean over tokens."
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelSpec:
@@ -254,7 +260,9 @@ class EvaluationSpec(Spec):
 
 class EnsembleSpec(Spec):
     top_k: int = Field(default=3, ge=1, le=50, description="How many of the best trials to combine.")
-    method: EnsembleMethod = Field(default="softVoting", description="softVoting, hardVoting or weightedAverage.")
+    method: EnsembleMethod = Field(
+        default="softVoting", description="softVoting, hardVoting or weightedAverage."
+    )
 
 
 class AutoscalingSpec(Spec):
