@@ -108,7 +108,8 @@ def test_hard_voting_rejects_regression(tmp_path: Path) -> None:
     data = make_data_dir(tmp_path, "diabetes")
     make_model_dir(tmp_path / "m", data, steps=10)
     card = artifacts.read_card(tmp_path / "m")
-    card = card.model_copy(update={"kind": "ensemble", "members": [str(tmp_path / "m")], "method": "hardVoting"})
+    update = {"kind": "ensemble", "members": [str(tmp_path / "m")], "method": "hardVoting"}
+    card = card.model_copy(update=update)
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "model.json").write_text(json.dumps(card.model_dump(mode="json", by_alias=True)))
     with pytest.raises(ValueError, match="hardVoting needs a classification task"):

@@ -88,8 +88,8 @@ def make_model_dir(
         if not classification:
             output = output * float(y.std()) + float(y.mean())
         val_metrics = metrics.compute_metrics(meta.task, yv, output)
-        event = progress.epoch_event(epoch, epochs, {**val_metrics, "loss": 1.0 / epoch, "trainLoss": loss.item()},
-                                     1000.0, float(epoch))
+        logged = {**val_metrics, "loss": 1.0 / epoch, "trainLoss": loss.item()}
+        event = progress.epoch_event(epoch, epochs, logged, 1000.0, float(epoch))
         model_dir.mkdir(parents=True, exist_ok=True)
         with (model_dir / artifacts.PROGRESS_FILE).open("a") as handle:
             handle.write(json.dumps(event) + "\n")

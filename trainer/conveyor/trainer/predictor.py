@@ -112,10 +112,7 @@ class ModelPredictor(Predictor):
         with torch.inference_mode():
             tensor = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True)
             out = self.module(tensor).float()
-            if self.task == "classification":
-                out = torch.softmax(out, dim=1)
-            else:
-                out = out.reshape(-1)
+            out = torch.softmax(out, dim=1) if self.task == "classification" else out.reshape(-1)
             result: np.ndarray = out.cpu().numpy()
             return result
 
@@ -129,7 +126,9 @@ class EnsemblePredictor(Predictor):
             raise ValueError("an ensemble needs at least one member")
         method = card.method or "softVoting"
         if method not in ("softVoting", "hardVoting", "weightedAverage"):
-            raise ValueError(f"unknown ensemble method {method!r}; use softVoting, hardVoting or weightedAverage")
+            raise ValueError(
+                f"unknown ensemble method {method!r}; use softVoting, hardVoting or weightedAverage"
+            )
         if method == "hardVoting" and card.dataset.task != "classification":
             raise ValueError("hardVoting needs a classification task; use softVoting or weightedAverage")
         for member in members:
@@ -167,7 +166,7 @@ def combine(method: str, outputs: list[np.ndarray], weights: np.ndarray) -> np.n
         return combined
     if stacked.ndim != 3:
         raise ValueError("hardVoting needs class probabilities (a classification task)")
-    members, n, classes = stacked.shape
+    _, n, classes = stacked.shape
     votes = np.zeros((n, classes))
     rows = np.arange(n)
     for weight, proba in zip(weights, stacked, strict=True):
@@ -196,7 +195,9 @@ def normalization_arrays(meta: DatasetMetadata) -> tuple[np.ndarray | None, np.n
     elif shift.size == 1:
         target = ()
     else:
-        raise ValueError(f"normalisation has {shift.size} values; cannot apply to inputs of shape {list(shape)}")
+        raise ValueError(
+            f"normalisation has {shift.size} values; cannot apply to inputs of shape {list(shape)}"
+        )
     return shift.reshape(target), scale.reshape(target)
 
 
@@ -215,7 +216,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def quantize(module: nn.Module) -> nn.Module:
-    """Dynamic int8 quantization of Linear and LSTM layers (weights int8, activations quantized on the fly)."""
+    """Dynamic int8 quantization of Linear and LSTM layers (int8 weights, activations quantized per call)."""
     from torch.ao.quantization import quantize_dynamic
 
     with warnings.catch_warnings():
