@@ -54,7 +54,10 @@ REPORT_FILE = "report.json"
 
 
 class NormalizationStats(BaseModel):
-    """Per-feature statistics from the train split, applied again at serving time to raw inputs."""
+    """Statistics from the train split, applied again at serving time to raw inputs.
+
+    One value per feature for tabular data, one per channel for images: x' = (x - shift) / scale.
+    """
 
     method: Literal["standard", "minmax", "none"] = "none"
     shift: list[float] = Field(default_factory=list, description="subtracted (mean or min)")
@@ -72,6 +75,11 @@ class DatasetMetadata(BaseModel):
     feature_names: list[str] = Field(default_factory=list)
     sizes: dict[str, int] = Field(default_factory=dict, description="rows per split")
     normalization: NormalizationStats = Field(default_factory=NormalizationStats)
+    target_normalization: NormalizationStats = Field(
+        default_factory=NormalizationStats,
+        description="regression: train-split mean/std of the target. Models learn the standardised target "
+        "and undo it in their output layer, so predictions are in target units.",
+    )
 
     @property
     def num_classes(self) -> int:
@@ -89,10 +97,14 @@ class ModelCard(BaseModel):
     name: str = "model"
     config: TrainerConfig
     dataset: DatasetMetadata
-    metrics: dict[str, float] = Field(default_factory=dict, description="validation metrics of the best epoch")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="validation metrics of the best epoch"
+    )
     members: list[str] = Field(default_factory=list, description="ensemble: member model directories")
     weights: list[float] = Field(default_factory=list, description="ensemble: member weights")
-    method: str | None = Field(default=None, description="ensemble: softVoting | hardVoting | weightedAverage")
+    method: str | None = Field(
+        default=None, description="ensemble: softVoting | hardVoting | weightedAverage"
+    )
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

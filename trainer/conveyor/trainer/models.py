@@ -34,7 +34,19 @@ from conveyor.trainer.config import ModelSpec
 
 
 def build_model(spec: ModelSpec, meta: DatasetMetadata) -> nn.Module:
-    """The network `spec` describes, with input and output sized from the dataset metadata."""
+    """The network `spec` describes, with input and output sized from the dataset metadata.
+
+    Regression networks learn the standardised target and undo the standardisation in a fixed output
+    layer (`TargetScale`), so every caller gets predictions in target units.
+    """
+    net = build_network(spec, meta)
+    stats = meta.target_normalization
+    if meta.task == "regression" and stats.method != "none" and stats.shift:
+        return TargetScale(net, stats.shift[0], stats.scale[0])
+    return net
+
+
+def build_network(spec: ModelSpec, meta: DatasetMetadata) -> nn.Module:
     shape = tuple(meta.feature_shape)
     out = meta.output_size
     if spec.architecture == "mlp":
@@ -76,6 +88,19 @@ def head(width: int, hidden: int, dropout: float, out: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Dropout(dropout), nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out)
     )
+
+
+class TargetScale(nn.Module):
+    """`net(x) * scale + shift`: maps standardised regression outputs back to target units."""
+
+    def __init__(self, net: nn.Module, shift: float, scale: float) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("shift", torch.tensor(float(shift)))
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * self.scale + self.shift
 
 
 class MLP(nn.Module):

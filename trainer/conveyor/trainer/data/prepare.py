@@ -1,0 +1,228 @@
+"""Materialise a dataset once: the fixed split, normalisation from the train split, encoded labels.
+
+`prepare(config, out)` reads `config.data.source`, checks it, splits it deterministically (seeded;
+stratified by class when `data.split.stratify` and the task is classification), computes
+normalisation statistics on the train split only (per feature for tables, per channel for images),
+applies them to every split, encodes labels as 0..k-1 (string classes too; names kept in order in
+the metadata) and writes `train/validation/test.npz` + `metadata.json` (see `artifacts`).
+
+The output is written once: a complete directory (its `metadata.json` exists) is left alone, so every
+trial and the evaluation see the very same split. It is assembled in a temporary sibling directory and
+renamed into place, so a crash never leaves a half-written dataset that looks complete.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from conveyor.trainer.artifacts import (
+    METADATA_FILE,
+    SPLITS,
+    DatasetMetadata,
+    NormalizationStats,
+    read_metadata,
+)
+from conveyor.trainer.config import SplitSpec, TaskType, TrainerConfig
+from conveyor.trainer.data import DataError
+from conveyor.trainer.data.sources import RawDataset, load_source
+
+MIN_ROWS_PER_CLASS = 3  # one for each split when stratifying
+
+
+def is_complete(out: Path) -> bool:
+    return (out / METADATA_FILE).is_file() and all((out / f"{s}.npz").is_file() for s in SPLITS)
+
+
+def prepare(config: TrainerConfig, out: Path) -> DatasetMetadata:
+    """Write the prepared dataset to `out` unless it is already there; return its metadata."""
+    if is_complete(out):
+        return read_metadata(out)
+    task = config.task.type
+    raw = load_source(config.data, task)
+    check_finite(raw)
+    y, classes = encode_labels(raw, task)
+    parts = split_indices(
+        y,
+        config.data.split,
+        stratify=config.data.split.stratify and task == "classification",
+        classes=classes,
+    )
+    stats = normalization_stats(raw.x[parts["train"]], config.data.preprocessing.normalize, raw.input_kind)
+    target_stats = NormalizationStats()
+    if task == "regression":
+        train_y = y[parts["train"]].astype(np.float64)
+        target_stats = NormalizationStats(
+            method="standard", shift=[float(train_y.mean())], scale=[float(train_y.std()) or 1.0]
+        )
+    meta = DatasetMetadata(
+        task=task,
+        source=config.data.source,
+        feature_shape=list(raw.x.shape[1:]),
+        input_kind=raw.input_kind,
+        classes=classes,
+        feature_names=raw.feature_names,
+        sizes={name: int(index.size) for name, index in parts.items()},
+        normalization=stats,
+        target_normalization=target_stats,
+    )
+    arrays = {
+        name: (normalize(raw.x[index], stats, raw.input_kind), y[index]) for name, index in parts.items()
+    }
+    write_dataset(out, meta, arrays)
+    return read_metadata(out)
+
+
+def load_split(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x float32 [n, *feature_shape], y int64 classes | float32 targets) of one prepared split."""
+    with np.load(data_dir / f"{split}.npz") as arrays:
+        return arrays["x"], arrays["y"]
+
+
+# --- checks and encoding ----------------------------------------------------------------------
+
+
+def check_finite(raw: RawDataset) -> None:
+    if raw.x.shape[0] == 0:
+        raise DataError("the data source has no rows")
+    bad = ~np.isfinite(raw.x.reshape(raw.x.shape[0], -1))
+    if not bad.any():
+        return
+    counts = bad.sum(axis=0)
+    names = raw.feature_names or [f"feature {i}" for i in range(counts.size)]
+    parts = [f"{names[i]!r}: {int(counts[i])} rows" for i in np.flatnonzero(counts)[:10]]
+    raise DataError(
+        f"the features hold NaN or infinite values in {'; '.join(parts)}; fill or drop those rows"
+    )
+
+
+def encode_labels(raw: RawDataset, task: TaskType) -> tuple[np.ndarray, list[str]]:
+    """Labels as int64 0..k-1 with class names (classification) or float32 targets (regression)."""
+    y = np.asarray(raw.y)
+    if task == "regression":
+        if not np.issubdtype(y.dtype, np.number):
+            raise DataError(
+                "the target holds non-numeric values (e.g. "
+                f"{', '.join(map(repr, np.unique(y.astype(str))[:3]))}); a regression needs numbers — "
+                "or set task.type: classification"
+            )
+        return y.astype(np.float32), []
+    if raw.class_names is not None and np.issubdtype(y.dtype, np.integer):
+        return y.astype(np.int64), list(raw.class_names)
+    if np.issubdtype(y.dtype, np.floating) and np.any(y != np.round(y)):
+        raise DataError(
+            "the target holds fractional numbers, which look like a regression target; "
+            "set task.type: regression (or give class labels)"
+        )
+    if np.issubdtype(y.dtype, np.number):
+        values, encoded = np.unique(y, return_inverse=True)
+        names = [str(int(v)) if float(v).is_integer() else str(v) for v in values]
+    else:
+        values, encoded = np.unique(y.astype(str), return_inverse=True)
+        names = [str(v) for v in values]
+    if len(names) < 2:
+        raise DataError(f"the target has a single class ({names[0]!r}); classification needs at least two")
+    return encoded.astype(np.int64), names
+
+
+def split_indices(
+    y: np.ndarray, spec: SplitSpec, stratify: bool, classes: list[str]
+) -> dict[str, np.ndarray]:
+    """Seeded train/validation/test row indices; stratified by label when asked."""
+    from sklearn.model_selection import train_test_split
+
+    n = y.shape[0]
+    n_test = math.ceil(spec.test * n)
+    n_validation = math.ceil(spec.validation * n)
+    if n - n_test - n_validation < 1 or min(n_test, n_validation) < 1:
+        raise DataError(f"{n} rows are too few to split into train, validation and test; add rows")
+    if stratify:
+        counts = np.bincount(y, minlength=len(classes))
+        small = [(classes[i], int(c)) for i, c in enumerate(counts) if c < MIN_ROWS_PER_CLASS]
+        if small:
+            listed = ", ".join(
+                f"{name!r} has {count} row{'s' if count != 1 else ''}" for name, count in small
+            )
+            raise DataError(
+                f"class {listed}; stratified splitting needs at least {MIN_ROWS_PER_CLASS} rows per class "
+                "(one for each split): add rows, drop the class, or set data.split.stratify: false"
+            )
+        if min(n_test, n_validation) < len(classes):
+            raise DataError(
+                f"the test ({n_test} rows) or validation ({n_validation} rows) split is smaller than the "
+                f"{len(classes)} classes, so it cannot hold each class; raise data.split.test/validation, "
+                "add rows, or set data.split.stratify: false"
+            )
+    index = np.arange(n)
+    try:
+        rest, test = train_test_split(
+            index, test_size=n_test, random_state=spec.seed, stratify=y if stratify else None
+        )
+        train, validation = train_test_split(
+            rest, test_size=n_validation, random_state=spec.seed, stratify=y[rest] if stratify else None
+        )
+    except ValueError as error:
+        raise DataError(
+            f"cannot split the data as configured: {error}; set data.split.stratify: false"
+        ) from error
+    return {"train": np.sort(train), "validation": np.sort(validation), "test": np.sort(test)}
+
+
+# --- normalisation ----------------------------------------------------------------------------
+
+
+def normalization_stats(x: np.ndarray, method: str, input_kind: str) -> NormalizationStats:
+    if method == "none":
+        return NormalizationStats(method="none")
+    axes = (0, 2, 3) if input_kind == "image" else (0,)
+    flat = x.astype(np.float64)
+    if method == "standard":
+        shift, scale = flat.mean(axis=axes), flat.std(axis=axes)
+    else:
+        shift = flat.min(axis=axes)
+        scale = flat.max(axis=axes) - shift
+    scale = np.where(scale > 1e-12, scale, 1.0)  # constant features stay constant (0) instead of NaN
+    return NormalizationStats(
+        method=method, shift=shift.reshape(-1).tolist(), scale=scale.reshape(-1).tolist()
+    )
+
+
+def normalize(x: np.ndarray, stats: NormalizationStats, input_kind: str) -> np.ndarray:
+    if stats.method == "none":
+        return np.ascontiguousarray(x, dtype=np.float32)
+    shape = (1, -1, 1, 1) if input_kind == "image" else (1, -1)
+    shift = np.asarray(stats.shift, dtype=np.float32).reshape(shape)
+    scale = np.asarray(stats.scale, dtype=np.float32).reshape(shape)
+    return np.ascontiguousarray((x - shift) / scale, dtype=np.float32)
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def write_dataset(out: Path, meta: DatasetMetadata, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Assemble the dataset in a temporary sibling and rename it into place (metadata written last)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        for name, (x, y) in arrays.items():
+            with (staging / f"{name}.npz").open("wb") as handle:
+                np.savez(handle, x=x, y=y)
+                handle.flush()
+                os.fsync(handle.fileno())
+        (staging / METADATA_FILE).write_text(meta.model_dump_json(indent=1))
+        try:
+            os.rename(staging, out)  # replaces `out` only if it is an empty directory
+        except OSError:
+            if is_complete(out):  # another preparer won the race: its identical split stands
+                return
+            # `out` is a non-empty or mounted directory: move the files in, metadata last.
+            out.mkdir(parents=True, exist_ok=True)
+            for name in (*[f"{s}.npz" for s in SPLITS], METADATA_FILE):
+                os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
