@@ -1,0 +1,263 @@
+"""Cross-field rules of the TrainingPipeline, written once and enforced twice.
+
+Each rule carries a CEL expression (emitted into the CRD as `x-kubernetes-validations`, so the API
+server enforces it) and a Python predicate over the validated pydantic model (so `conveyor validate` and
+`conveyor run` enforce it), with ONE message for both. A test checks that each Python predicate and its
+CEL twin agree on a table of manifests, and the CEL stays simple (list sizes are bounded with maxItems
+in the schema) so the API server's cost estimator accepts it.
+
+`field` is the path of the offending field relative to the object the rule sits on; it becomes the
+CEL `fieldPath` and the tail of the Python error path, so both report e.g. `spec.tuning.parallelism`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, get_args, get_origin
+
+from pydantic import BaseModel, JsonValue
+from pydantic_core import PydanticCustomError
+
+from conveyor.trainer.config import CLASSIFICATION_METRICS, REGRESSION_METRICS, TrainerConfig
+
+# Sections of the training config a trial may change. The data split, source and task are fixed for a
+# whole pipeline: every trial and the evaluation must see the same data.
+TUNABLE_SECTIONS = ("model", "optimizer", "training", "data.preprocessing", "data.augmentation")
+
+# Environment names the workload contract owns (conveyor.operator.workloads); a user must not set them.
+RESERVED_ENV = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "PET_NNODES",
+    "PET_NPROC_PER_NODE",
+    "PET_NODE_RANK",
+    "PET_MASTER_ADDR",
+    "PET_MASTER_PORT",
+    "PET_RDZV_BACKEND",
+    "PET_RDZV_ENDPOINT",
+    "PET_RDZV_ID",
+    "PET_RDZV_CONF",
+    "PET_MAX_RESTARTS",
+    "CONVEYOR_WORKLOAD",
+    "CONVEYOR_ATTEMPT",
+    "CONVEYOR_RUN_ROOT",
+)
+
+
+def _leaf_names(model: type[BaseModel], prefix: str) -> list[str]:
+    names: list[str] = []
+    for name, field in model.model_fields.items():
+        wire = f"{prefix}.{field.alias or name}"
+        annotation = field.annotation
+        candidates = (
+            [annotation, *get_args(annotation)] if get_origin(annotation) is not None else [annotation]
+        )
+        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if sub is not None:
+            names.extend(_leaf_names(sub, wire))
+        else:
+            names.append(wire)
+    return names
+
+
+def tunable_names() -> tuple[str, ...]:
+    """Every dotted manifest name a tuning parameter may set, e.g. `optimizer.learningRate`."""
+    names: list[str] = []
+    for section in TUNABLE_SECTIONS:
+        model: type[BaseModel] = TrainerConfig
+        for part in section.split("."):
+            field = next(f for n, f in model.model_fields.items() if (f.alias or n) == part)
+            annotation = field.annotation
+            model = next(
+                c
+                for c in (annotation, *get_args(annotation))
+                if isinstance(c, type) and issubclass(c, BaseModel)
+            )
+        names.extend(_leaf_names(model, section))
+    return tuple(names)
+
+
+TUNABLE = tunable_names()
+
+
+@dataclass(frozen=True)
+class Rule:
+    field: str  # relative to the object the rule is attached to, dotted; "" for the object itself
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+
+    def to_cel(self) -> dict[str, JsonValue]:
+        rule: dict[str, JsonValue] = {"rule": self.cel, "message": self.message}
+        if self.field:
+            rule["fieldPath"] = "." + self.field
+        return rule
+
+
+def enforce(model: Any, rules: Sequence[Rule]) -> Any:
+    """Raise the first broken rule as a pydantic error whose context names the field."""
+    for rule in rules:
+        if not rule.check(model):
+            raise PydanticCustomError(
+                "conveyor_rule", "{message}", {"field": rule.field, "message": rule.message}
+            )
+    return model
+
+
+def cel_rules(rules: Sequence[Rule]) -> list[dict[str, JsonValue]]:
+    return [rule.to_cel() for rule in rules]
+
+
+def schema_extra(rules: Sequence[Rule]) -> dict[str, JsonValue]:
+    """`json_schema_extra` of a model: its rules as CEL, picked up by the CRD generator."""
+    validations: list[JsonValue] = [rule.to_cel() for rule in rules]
+    return {"x-kubernetes-validations": validations}
+
+
+def _cel_list(items: Sequence[str]) -> str:
+    return "[" + ", ".join(f"'{item}'" for item in items) + "]"
+
+
+_TASK_METRICS_CEL = (
+    f"(self.task.type == 'regression' ? {_cel_list(('loss', *REGRESSION_METRICS))}"
+    f" : {_cel_list(('loss', *CLASSIFICATION_METRICS))})"
+)
+_METRICS_HINT = (
+    f"classification: loss, {', '.join(CLASSIFICATION_METRICS)}; "
+    f"regression: loss, {', '.join(REGRESSION_METRICS)}"
+)
+
+
+def _task_metrics(spec: Any) -> tuple[str, ...]:
+    return ("loss", *(REGRESSION_METRICS if spec.task.type == "regression" else CLASSIFICATION_METRICS))
+
+
+PARAMETER_RULES = (
+    Rule(
+        "name",
+        f"self.name in {_cel_list(TUNABLE)}",
+        "must be a dotted field of model, optimizer, training, data.preprocessing or data.augmentation "
+        "as written in the manifest, e.g. optimizer.learningRate, training.batchSize, model.dropout",
+        lambda p: p.name in TUNABLE,
+    ),
+    Rule(
+        "max",
+        "self.type == 'categorical' || (has(self.min) && has(self.max) && self.min < self.max)",
+        "float and int parameters need min and max with min < max",
+        lambda p: p.type == "categorical" or (p.min is not None and p.max is not None and p.min < p.max),
+    ),
+    Rule(
+        "min",
+        "!has(self.log) || !self.log || (has(self.min) && self.min > 0.0)",
+        "log: true needs min > 0 (a log scale cannot reach 0 or negative values)",
+        lambda p: not p.log or (p.min is not None and p.min > 0),
+    ),
+    Rule(
+        "values",
+        "self.type != 'categorical' || (has(self.values) && size(self.values) > 0)",
+        "categorical parameters need a non-empty values list, e.g. values: [32, 64, 128]",
+        lambda p: p.type != "categorical" or bool(p.values),
+    ),
+)
+
+TUNING_RULES = (
+    Rule(
+        "parallelism",
+        "self.parallelism <= self.trials",
+        "must be <= trials (how many of the trials run at once)",
+        lambda t: t.parallelism <= t.trials,
+    ),
+    Rule(
+        "parameters",
+        "self.algorithm != 'grid' || self.parameters.all(p, p.type == 'categorical')",
+        "grid search needs only categorical parameters (give each a values list), "
+        "or use algorithm random, tpe or cmaes",
+        lambda t: t.algorithm != "grid" or all(p.type == "categorical" for p in t.parameters),
+    ),
+    Rule(
+        "parameters",
+        "self.parameters.all(p, self.parameters.exists_one(q, q.name == p.name))",
+        "parameter names must be unique",
+        lambda t: len({p.name for p in t.parameters}) == len(t.parameters),
+    ),
+)
+
+RESOURCES_RULES = (
+    Rule(
+        "processesPerWorker",
+        "self.gpu == 0 || self.processesPerWorker == self.gpu",
+        "must equal gpu when gpu > 0 (one training process per GPU)",
+        lambda r: r.gpu == 0 or r.processes_per_worker == r.gpu,
+    ),
+)
+
+ENV_RULES = (
+    Rule(
+        "name",
+        f"!(self.name in {_cel_list(RESERVED_ENV)})",
+        "is reserved: Conveyor sets the distributed-training environment itself",
+        lambda e: e.name not in RESERVED_ENV,
+    ),
+)
+
+SPEC_RULES = (
+    Rule(
+        "task.objective.metric",
+        f"!has(self.task.objective.metric) || self.task.objective.metric in {_TASK_METRICS_CEL}",
+        f"must be a metric computed for the task type ({_METRICS_HINT})",
+        lambda s: s.task.objective.metric in _task_metrics(s),
+    ),
+    Rule(
+        "evaluation.metrics",
+        f"!has(self.evaluation.metrics) || self.evaluation.metrics.all(m, m in {_TASK_METRICS_CEL})",
+        f"every metric must be computed for the task type ({_METRICS_HINT})",
+        lambda s: all(m in _task_metrics(s) for m in s.evaluation.metrics or ()),
+    ),
+    Rule(
+        "evaluation.gate.metric",
+        f"!has(self.evaluation.gate) || self.evaluation.gate.metric in {_TASK_METRICS_CEL}",
+        f"must be a metric the evaluation computes for the task type ({_METRICS_HINT})",
+        lambda s: s.evaluation.gate is None or s.evaluation.gate.metric in _task_metrics(s),
+    ),
+    Rule(
+        "ensemble",
+        "!has(self.ensemble) || has(self.tuning)",
+        "an ensemble combines the best tuning trials: add spec.tuning or remove spec.ensemble",
+        lambda s: s.ensemble is None or s.tuning is not None,
+    ),
+    Rule(
+        "ensemble.topK",
+        "!has(self.ensemble) || !has(self.tuning) || self.ensemble.topK <= self.tuning.trials",
+        "must be <= tuning.trials (members are the best trials)",
+        lambda s: s.ensemble is None or s.tuning is None or s.ensemble.top_k <= s.tuning.trials,
+    ),
+    Rule(
+        "ensemble.method",
+        "!has(self.ensemble) || self.ensemble.method != 'hardVoting' || self.task.type == 'classification'",
+        "hardVoting needs a classification task; use softVoting or weightedAverage (regression)",
+        lambda s: s.ensemble is None or s.ensemble.method != "hardVoting" or s.task.type == "classification",
+    ),
+)
+
+NAME_PATTERN = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+MAX_NAME = 40
+
+ROOT_RULES = (
+    Rule(
+        "metadata.name",
+        f"!has(self.metadata.name) || (size(self.metadata.name) <= {MAX_NAME}"
+        f" && self.metadata.name.matches('{NAME_PATTERN}'))",
+        f"must be a DNS-1123 label of at most {MAX_NAME} characters (lower case letters, digits, '-'; "
+        "children are named <name>-trial-0007-...)",
+        lambda r: (
+            r.metadata.name is None
+            or (len(r.metadata.name) <= MAX_NAME and re.match(NAME_PATTERN, r.metadata.name) is not None)
+        ),
+    ),
+)

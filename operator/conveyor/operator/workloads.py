@@ -1,0 +1,227 @@
+"""The workload contract: what one stage runs, and the environment of distributed jobs.
+
+A `Workload` is executor-independent: the engine decides it, the local executor renders it into
+subprocesses on localhost and the Kubernetes executor into pods, and both use the functions here so the
+two cannot drift. Artifact paths inside a workload are RELATIVE to the run root; `trainer_argv` renders
+them against the root an executor mounts (`./runs/<name>` locally, the storage volume in a pod).
+
+Distributed jobs (every `train`: the trials and the final training) run under torchrun with static
+rendezvous on rank 0's address. The environment carries both torchrun's `PET_*` forms of its flags and
+the classic `MASTER_ADDR`/`MASTER_PORT`/`WORLD_SIZE`, as Kubeflow does, so a plain `torchrun` in the
+image picks them up. The rendezvous timeout is long (15 min) because rank 0's DNS name may resolve late
+on a busy cluster (pytorch#73682, kubeflow pytorch-operator#125); torchrun itself does not restart
+workers (`--max-restarts 0`) because one node restarting alone under static rendezvous hangs the others:
+the engine restarts the whole gang instead, and the trainer resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from conveyor.trainer.config import ServingSpec
+
+Command = Literal["prepare", "train", "evaluate", "ensemble"]
+StageName = Literal["prepare", "tune", "train", "evaluate", "ensemble", "serve"]
+
+DEFAULT_MASTER_PORT = 29500
+RENDEZVOUS_TIMEOUT_SECONDS = 900
+TRAINER_MODULE = "conveyor.trainer"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One run of a trainer command. `name` is stable and unique within the pipeline (prepare,
+    trial-0007, train, evaluate-model, ensemble, evaluate-ensemble); `attempt` grows on every retry or
+    restart, so executors key what they create by (name, attempt) and treat a repeated start as done."""
+
+    name: str
+    stage: StageName
+    command: Command
+    out: str  # output directory, relative to the run root
+    attempt: int = 0
+    data: str = "data"  # the prepared dataset, relative to the run root
+    config: Mapping[str, Any] | None = None  # TrainerConfig in wire form (prepare, train)
+    models: tuple[str, ...] = ()  # model directories read: evaluate (one), ensemble (the members)
+    method: str | None = None  # ensemble method
+    trial: int | None = None  # Optuna trial number (trials only)
+    params: Mapping[str, Any] = field(default_factory=dict)  # the trial's parameters, by dotted name
+    distributed: bool = False  # run under torchrun with `workers` x `processes_per_worker`
+    workers: int = 1
+    processes_per_worker: int = 1
+    gpu: int = 0
+    cpu: str = "1"
+    memory: str = "2Gi"
+    env: tuple[tuple[str, str], ...] = ()  # the user's extra environment (reserved names refused)
+
+    @property
+    def world_size(self) -> int:
+        return self.workers * self.processes_per_worker if self.distributed else 1
+
+    @property
+    def key(self) -> str:
+        """Unique per attempt: what an executor names the things it creates for this run."""
+        return f"{self.name}-{self.attempt}"
+
+
+def _under(root: str, relative: str) -> str:
+    return posixpath.join(root, relative) if root else relative
+
+
+def config_json(workload: Workload) -> str:
+    return json.dumps(dict(workload.config or {}), separators=(",", ":"), sort_keys=True)
+
+
+def trainer_argv(workload: Workload, root: str) -> list[str]:
+    """The arguments after `python -m conveyor.trainer`, with artifact paths under `root`."""
+    data = _under(root, workload.data)
+    out = _under(root, workload.out)
+    if workload.command == "prepare":
+        return ["prepare", "--config", config_json(workload), "--out", out]
+    if workload.command == "train":
+        return ["train", "--config", config_json(workload), "--data", data, "--out", out]
+    if workload.command == "evaluate":
+        return ["evaluate", "--model", _under(root, workload.models[0]), "--data", data, "--out", out]
+    members = [_under(root, m) for m in workload.models]
+    return [
+        "ensemble",
+        "--method",
+        workload.method or "softVoting",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--members",
+        *members,
+    ]
+
+
+def serve_argv(model: str, serving: ServingSpec, root: str, port: int | None = None) -> list[str]:
+    """The arguments after `python -m conveyor.trainer` for serving `model` (relative to root)."""
+    return [
+        "serve",
+        "--model",
+        _under(root, model),
+        "--port",
+        str(port if port is not None else serving.port),
+        "--max-batch-size",
+        str(serving.max_batch_size),
+        "--max-latency-ms",
+        str(serving.max_latency_ms),
+        "--quantization",
+        serving.quantization,
+    ]
+
+
+def python_argv(workload: Workload, root: str, python: str = "python") -> list[str]:
+    """A single-process workload (prepare, evaluate, ensemble): the whole command line."""
+    return [python, "-m", TRAINER_MODULE, *trainer_argv(workload, root)]
+
+
+def _threads_per_process(workload: Workload) -> int:
+    """CPU threads for each training process: the worker's CPU share, so trials side by side on a
+    small machine do not oversubscribe it."""
+    match = re.fullmatch(r"([0-9.]+)(m?)", workload.cpu)
+    if not match:
+        return 1
+    cores = float(match.group(1)) / (1000 if match.group(2) else 1)
+    return max(1, math.floor(cores / max(1, workload.processes_per_worker)))
+
+
+def torchrun_env(
+    workload: Workload, master_addr: str, master_port: int = DEFAULT_MASTER_PORT, node_rank: int = 0
+) -> dict[str, str]:
+    """The environment of worker `node_rank` of a distributed workload (same on localhost and in pods)."""
+    nnodes = workload.workers if workload.distributed else 1
+    nproc = workload.processes_per_worker if workload.distributed else 1
+    env = dict(workload.env)
+    env.update(
+        {
+            "PYTHONUNBUFFERED": "1",
+            "PET_NNODES": str(nnodes),
+            "PET_NPROC_PER_NODE": str(nproc),
+            "PET_NODE_RANK": str(node_rank),
+            "PET_MASTER_ADDR": master_addr,
+            "PET_MASTER_PORT": str(master_port),
+            "PET_RDZV_BACKEND": "static",
+            "PET_RDZV_CONF": f"timeout={RENDEZVOUS_TIMEOUT_SECONDS}",
+            "PET_MAX_RESTARTS": "0",
+            "MASTER_ADDR": master_addr,
+            "MASTER_PORT": str(master_port),
+            "WORLD_SIZE": str(nnodes * nproc),
+            "OMP_NUM_THREADS": str(_threads_per_process(workload)),
+            "CONVEYOR_WORKLOAD": workload.name,
+            "CONVEYOR_ATTEMPT": str(workload.attempt),
+        }
+    )
+    return env
+
+
+def workload_env(workload: Workload) -> dict[str, str]:
+    """The environment of a single-process workload."""
+    env = dict(workload.env)
+    env.update(
+        {
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": str(_threads_per_process(workload)),
+            "CONVEYOR_WORKLOAD": workload.name,
+            "CONVEYOR_ATTEMPT": str(workload.attempt),
+        }
+    )
+    return env
+
+
+def torchrun_argv(
+    workload: Workload,
+    root: str,
+    master_addr: str,
+    master_port: int = DEFAULT_MASTER_PORT,
+    node_rank: int = 0,
+    python: str = "python",
+) -> list[str]:
+    """`python -m torch.distributed.run ... -m conveyor.trainer <trainer_argv>` for one worker."""
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        str(workload.workers),
+        "--nproc-per-node",
+        str(workload.processes_per_worker),
+        "--node-rank",
+        str(node_rank),
+        "--master-addr",
+        master_addr,
+        "--master-port",
+        str(master_port),
+        "--rdzv-conf",
+        f"timeout={RENDEZVOUS_TIMEOUT_SECONDS}",
+        "--max-restarts",
+        "0",
+        "-m",
+        TRAINER_MODULE,
+        *trainer_argv(workload, root),
+    ]
+
+
+def command_argv(
+    workload: Workload,
+    root: str,
+    master_addr: str = "127.0.0.1",
+    master_port: int = DEFAULT_MASTER_PORT,
+    node_rank: int = 0,
+    python: str = "python",
+) -> tuple[list[str], dict[str, str]]:
+    """Command line and environment of worker `node_rank`: torchrun for distributed workloads, plain
+    python otherwise."""
+    if workload.distributed:
+        return (
+            torchrun_argv(workload, root, master_addr, master_port, node_rank, python),
+            torchrun_env(workload, master_addr, master_port, node_rank),
+        )
+    return python_argv(workload, root, python), workload_env(workload)
