@@ -1,0 +1,243 @@
+"""Optuna ask/tell over a study rebuilt from status alone.
+
+Nothing of Optuna outlives one reconcile. Each time, an in-memory study is rebuilt from the trials in
+status (parameters, distributions, per-epoch values, state, and the few system attributes samplers and
+pruners keep per trial: the grid id, ASHA/Hyperband rung values, the CMA-ES generation), then asked for
+new trials or consulted about pruning, and whatever Optuna recorded is written back into status. So a
+restart at any moment repeats nothing and loses nothing.
+
+Determinism: the sampler of trial n is seeded with `seed + n`, and its inputs are exactly what status
+holds, so rebuilding and asking again yields the same parameters. Pruning is evaluated epoch by epoch in
+order (the last epoch checked is remembered per trial), exactly as if the trial had called
+`trial.report` + `trial.should_prune` every epoch in one process.
+
+Choices: TPE and CMA-ES start with `max(2, min(10, trials // 3))` random trials (a small budget must
+still leave room for the model); TPE uses the constant liar so parallel asks spread out; CMA-ES samples
+categorical parameters with an independent random sampler (CMA-ES is continuous only); grid search runs
+at most the size of the grid. ASHA and Hyperband use reduction factor 3 with `warmupEpochs` as the
+minimum resource; the median pruner waits for `warmupEpochs` and a few finished trials.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.storages import InMemoryStorage
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from conveyor.operator.api.spec import TuningSpec
+from conveyor.operator.api.status import TrialStatus
+
+STUDY_NAME = "conveyor"
+REDUCTION_FACTOR = 3
+CHECKED_KEY = "conveyor:checked"  # last epoch the pruner has seen, per trial
+# Attributes Optuna keeps that can be recomputed from the spec, so they are not stored per trial.
+RECOMPUTED_ATTRS = frozenset({"search_space"})
+# Per-ask caches a sampler reads only while sampling that same trial (TPE's relative parameters).
+TRANSIENT_ATTR_PREFIXES = ("tpe:relative_params",)
+# Large sampler state (the pickled CMA-ES optimizer) is kept once in status.tuning.samplerState.
+LARGE_ATTR_PREFIX = "cma:optimizer"
+
+optuna.logging.set_verbosity(logging.WARNING)
+
+_STATE = {
+    "Succeeded": TrialState.COMPLETE,
+    "Failed": TrialState.FAIL,
+    "Pruned": TrialState.PRUNED,
+    "Pending": TrialState.RUNNING,
+    "Running": TrialState.RUNNING,
+    "Suspended": TrialState.RUNNING,
+}
+
+
+def distributions(tuning: TuningSpec) -> dict[str, BaseDistribution]:
+    space: dict[str, BaseDistribution] = {}
+    for p in tuning.parameters:
+        if p.type == "categorical":
+            space[p.name] = CategoricalDistribution(list(p.values or []))
+        elif p.type == "int":
+            assert p.min is not None and p.max is not None
+            space[p.name] = IntDistribution(
+                int(p.min), int(p.max), log=p.log, step=1 if p.log else int(p.step or 1)
+            )
+        else:
+            assert p.min is not None and p.max is not None
+            space[p.name] = FloatDistribution(p.min, p.max, log=p.log, step=None if p.log else p.step)
+    return space
+
+
+def grid(tuning: TuningSpec) -> dict[str, list[Any]]:
+    return {p.name: list(p.values or []) for p in tuning.parameters}
+
+
+def planned_trials(tuning: TuningSpec) -> int:
+    """Trials the study runs: `trials`, or the size of the grid when that is smaller."""
+    if tuning.algorithm == "grid":
+        size = math.prod(len(values) for values in grid(tuning).values())
+        return min(tuning.trials, size)
+    return tuning.trials
+
+
+def startup_trials(tuning: TuningSpec) -> int:
+    return max(2, min(10, tuning.trials // 3))
+
+
+def make_sampler(tuning: TuningSpec, number: int) -> optuna.samplers.BaseSampler:
+    seed = tuning.seed + number
+    if tuning.algorithm == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if tuning.algorithm == "grid":
+        return optuna.samplers.GridSampler(grid(tuning), seed=seed)
+    if tuning.algorithm == "cmaes":
+        return optuna.samplers.CmaEsSampler(
+            seed=seed,
+            n_startup_trials=startup_trials(tuning),
+            independent_sampler=optuna.samplers.RandomSampler(seed=seed),
+            warn_independent_sampling=False,
+        )
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(tuning), constant_liar=True)
+
+
+def make_pruner(tuning: TuningSpec, max_epochs: int) -> optuna.pruners.BasePruner:
+    if tuning.pruner == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=max(1, min(5, tuning.trials // 4)), n_warmup_steps=tuning.warmup_epochs
+        )
+    if tuning.pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=tuning.warmup_epochs, reduction_factor=REDUCTION_FACTOR
+        )
+    if tuning.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=tuning.warmup_epochs,
+            max_resource=max(max_epochs, tuning.warmup_epochs),
+            reduction_factor=REDUCTION_FACTOR,
+        )
+    return optuna.pruners.NopPruner()
+
+
+def _frozen(
+    trial: TrialStatus, space: dict[str, BaseDistribution], extra_attrs: dict[str, Any]
+) -> FrozenTrial:
+    state = _STATE[trial.state]
+    params = {name: value for name, value in trial.params.items() if name in space}
+    intermediate = {i + 1: v for i, v in enumerate(trial.values) if v is not None and math.isfinite(v)}
+    value = trial.value if state == TrialState.COMPLETE else None
+    if state == TrialState.COMPLETE and value is None:
+        state = TrialState.FAIL
+    return create_trial(
+        state=state,
+        value=value,
+        params=params,
+        distributions={name: space[name] for name in params},
+        intermediate_values=intermediate,
+        system_attrs={**(trial.attrs or {}), **extra_attrs},
+    )
+
+
+class Study:
+    """An Optuna study rebuilt from status trials, for one reconcile."""
+
+    def __init__(
+        self,
+        tuning: TuningSpec,
+        trials: Sequence[TrialStatus],
+        maximize: bool,
+        max_epochs: int,
+        sampler_state: dict[str, Any] | None = None,
+    ) -> None:
+        self.tuning = tuning
+        self.space = distributions(tuning)
+        self.study = optuna.create_study(
+            storage=InMemoryStorage(),
+            study_name=STUDY_NAME,
+            direction="maximize" if maximize else "minimize",
+            sampler=make_sampler(tuning, len(trials)),
+            pruner=make_pruner(tuning, max_epochs),
+        )
+        recomputed: dict[str, Any] = {}
+        if tuning.algorithm == "grid":
+            sampler = make_sampler(tuning, 0)
+            assert isinstance(sampler, optuna.samplers.GridSampler)
+            recomputed["search_space"] = sampler._search_space
+        large = sampler_state or {}
+        self.ids: dict[int, int] = {}
+        for trial in sorted(trials, key=lambda t: t.number):
+            extra = dict(recomputed) if trial.attrs and "grid_id" in trial.attrs else {}
+            if large.get("trial") == trial.number:
+                extra.update(large.get("attrs", {}))
+            self.study.add_trial(_frozen(trial, self.space, extra))
+            self.ids[trial.number] = self.study.trials[-1]._trial_id
+
+    # --- asking -----------------------------------------------------------------------------------
+
+    def ask(self, number: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+        """Parameters of trial `number` (the next one), its attributes to keep, and large sampler state."""
+        self.study.sampler = make_sampler(self.tuning, number)
+        trial = self.study.ask(fixed_distributions=self.space)
+        assert trial.number == number, f"trial numbers out of step: {trial.number} != {number}"
+        self.ids[number] = trial._trial_id
+        attrs, large = self._split_attrs(self.study._storage.get_trial_system_attrs(trial._trial_id))
+        return dict(trial.params), attrs, large
+
+    @staticmethod
+    def _split_attrs(attrs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        kept = {
+            k: v
+            for k, v in attrs.items()
+            if k not in RECOMPUTED_ATTRS and not k.startswith(LARGE_ATTR_PREFIX)
+        }
+        large = {k: v for k, v in attrs.items() if k.startswith(LARGE_ATTR_PREFIX)}
+        return kept, (large or None)
+
+    # --- pruning ----------------------------------------------------------------------------------
+
+    def check_pruning(self, trial: TrialStatus) -> int | None:
+        """Feed the trial's unchecked epochs to the pruner in order; the epoch it is pruned at, or None.
+        Updates `trial.attrs` with what the pruner recorded (rung values, last epoch checked)."""
+        trial_id = self.ids[trial.number]
+        storage = self.study._storage
+        checked = int((trial.attrs or {}).get(CHECKED_KEY, 0))
+        pruned_at = None
+        for epoch in range(checked + 1, len(trial.values) + 1):
+            if trial.values[epoch - 1] is None:
+                continue
+            frozen = storage.get_trial(trial_id)
+            view = FrozenTrial(
+                number=frozen.number,
+                state=frozen.state,
+                value=None,
+                datetime_start=frozen.datetime_start,
+                datetime_complete=None,
+                params=frozen.params,
+                distributions=frozen.distributions,
+                user_attrs={},
+                system_attrs=frozen.system_attrs,
+                intermediate_values={s: v for s, v in frozen.intermediate_values.items() if s <= epoch},
+                trial_id=trial_id,
+            )
+            checked = epoch
+            if self.study.pruner.prune(self.study, view):
+                pruned_at = epoch
+                break
+        attrs, _ = self._split_attrs(storage.get_trial_system_attrs(trial_id))
+        attrs[CHECKED_KEY] = checked
+        trial.attrs = attrs
+        return pruned_at
+
+
+def grid_points(tuning: TuningSpec) -> list[dict[str, Any]]:
+    """Every point of a grid search (for tests and display)."""
+    space = grid(tuning)
+    return [dict(zip(space, combo, strict=True)) for combo in itertools.product(*space.values())]
