@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"conveyor.commands.{name}").register(subparsers)
+    importlib.import_module("conveyor.devcluster.cli").add_parser(subparsers)  # dev-cluster up|down|status
     return parser
 
 

@@ -1,0 +1,392 @@
+"""Start and stop the whole local control plane.
+
+Order: PKI -> etcd (tmpfs, no fsync) -> kube-apiserver -> kube-controller-manager + kube-scheduler ->
+GPU nodes + KWOK -> the node agent (local node, local kubelet, PV provisioner) -> wait until the nodes
+are Ready and the ``default`` ServiceAccount exists. Everything listens on free loopback ports; each
+process logs to ``<state_dir>/logs/<name>.log``; ``state.json`` records what was started so that
+``stop()`` (or ``conveyor dev-cluster down`` from another process) ends exactly those processes.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from conveyor.devcluster import kwok, processes
+from conveyor.devcluster.pki import Pki, make_pki
+from conveyor.devcluster.processes import Proc, StartError
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+LOCAL_NODE = "conveyor-local"
+LOCAL_NODE_TAINT = "conveyor.dev/local-node"
+STORAGE_CLASS = "conveyor-local"
+PROVISIONER = "conveyor.dev/local-path"
+
+
+def _healthy(url: str, ca: Path) -> bool:
+    return processes.http_get(url, ca=ca)[0] == 200
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CONVEYOR_CACHE") or Path.home() / ".cache" / "conveyor")
+
+
+def default_bin_dir() -> Path:
+    """Where ``scripts/build-control-plane`` puts the binaries (``$CONVEYOR_BIN_DIR`` overrides)."""
+    if os.environ.get("CONVEYOR_BIN_DIR"):
+        return Path(os.environ["CONVEYOR_BIN_DIR"])
+    script = REPO_ROOT / "scripts" / "build-control-plane"
+    if script.exists():
+        out = subprocess.run([str(script), "--print-bin-dir"], capture_output=True, text=True, check=False)
+        if out.returncode == 0 and out.stdout.strip():
+            return Path(out.stdout.strip())
+    return cache_root() / "bin" / "v1.37.2"
+
+
+REQUIRED_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
+
+
+def missing_binaries(bin_dir: Path) -> list[str]:
+    return [b for b in (*REQUIRED_BINARIES, "helm") if not os.access(bin_dir / b, os.X_OK)]
+
+
+@dataclass
+class ClusterConfig:
+    """What to start. ``state_dir`` holds PKI, kubeconfig, logs, pod sandboxes and volumes."""
+
+    state_dir: Path
+    bin_dir: Path = field(default_factory=default_bin_dir)
+    gpu_nodes: int = 4
+    gpus_per_node: int = 8
+    gpu_product: str = "NVIDIA-H100-80GB-HBM3"
+    gpu_node_cpu: str = "64"
+    gpu_node_memory: str = "512Gi"
+    local_node: bool = True
+    #: python whose ``bin`` directory leads PATH for local-node pods (so ``python -m ...`` works)
+    pod_python: str = field(default_factory=lambda: sys.executable)
+    start_timeout: float = 60.0
+
+
+class Cluster:
+    """A running (or startable) local control plane. Use as a context manager or call start/stop."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.state_dir = config.state_dir.resolve()
+        self.procs: list[Proc] = []
+        self.ports: dict[str, int] = {}
+        self.etcd_data = ""
+
+    # ---- paths --------------------------------------------------------------------------------
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def api_url(self) -> str:
+        return f"https://127.0.0.1:{self.ports['apiserver']}"
+
+    def binary(self, name: str) -> str:
+        return str(self.config.bin_dir / name)
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def __enter__(self) -> Cluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        missing = [b for b in REQUIRED_BINARIES if not os.access(self.config.bin_dir / b, os.X_OK)]
+        if missing:
+            raise StartError(
+                f"missing control-plane binaries in {self.config.bin_dir}: {', '.join(missing)}; "
+                "run scripts/build-control-plane"
+            )
+        if self.state_file.exists():
+            with contextlib.suppress(Exception):
+                Cluster.attach(self.state_dir).stop()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        try:
+            pki = make_pki(self.state_dir / "pki")
+            self._start_etcd()
+            self._start_apiserver(pki)
+            self._write_kubeconfig(pki)
+            self._start_controllers(pki)
+            self._create_nodes_and_storage()
+            self._start_kwok()
+            if self.config.local_node:
+                self._start_agent()
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - t0
+
+    def stop(self) -> None:
+        """Stop what this cluster started (agent first, so pod processes end), then remove tmpfs data."""
+        for proc in reversed(self.procs):
+            processes.stop(proc)
+        self.procs = []
+        if self.etcd_data:
+            shutil.rmtree(self.etcd_data, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.state_file.unlink()
+
+    @classmethod
+    def attach(cls, state_dir: Path) -> Cluster:
+        """A handle on a cluster started by another process (``conveyor dev-cluster``)."""
+        state = json.loads((state_dir / "state.json").read_text())
+        cluster = cls(ClusterConfig(state_dir=state_dir, bin_dir=Path(state["bin_dir"])))
+        cluster.procs = [Proc.from_dict(p) for p in state["procs"]]
+        cluster.ports = {k: int(v) for k, v in state["ports"].items()}
+        cluster.etcd_data = state.get("etcd_data", "")
+        return cluster
+
+    def running(self) -> dict[str, bool]:
+        return {p.name: p.alive() for p in self.procs}
+
+    def _save(self) -> None:
+        state = {
+            "bin_dir": str(self.config.bin_dir),
+            "procs": [p.to_dict() for p in self.procs],
+            "ports": self.ports,
+            "etcd_data": self.etcd_data,
+            "kubeconfig": str(self.kubeconfig),
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.config).items()},
+        }
+        self.state_file.write_text(json.dumps(state, indent=2))
+
+    def _spawn(self, name: str, argv: list[str], marker: str | None = None) -> Proc:
+        proc = processes.spawn(name, argv, self.log_dir, marker or str(self.state_dir))
+        self.procs.append(proc)
+        self._save()
+        return proc
+
+    # ---- components ---------------------------------------------------------------------------
+    def _start_etcd(self) -> None:
+        client, peer = processes.free_port(), processes.free_port()
+        self.ports["etcd"] = client
+        shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else self.state_dir
+        self.etcd_data = str(shm / f"conveyor-etcd-{os.getpid()}-{random.randrange(1 << 30):x}")
+        url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+        proc = self._spawn(
+            "etcd",
+            [
+                self.binary("etcd"), "--name=conveyor", f"--data-dir={self.etcd_data}",
+                f"--listen-client-urls={url}", f"--advertise-client-urls={url}",
+                f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=conveyor={peer_url}", "--unsafe-no-fsync=true", "--log-level=warn",
+                "--quota-backend-bytes=4294967296",
+            ],
+            marker=self.etcd_data,
+        )  # fmt: skip
+        processes.wait_until(
+            "etcd /health", lambda: '"true"' in processes.http_get(f"{url}/health")[1], 30, proc
+        )
+
+    def _start_apiserver(self, pki: Pki) -> None:
+        port = self.ports["apiserver"] = processes.free_port()
+        proc = self._spawn(
+            "kube-apiserver",
+            [
+                self.binary("kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
+                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={port}",
+                f"--cert-dir={self.state_dir / 'pki'}",
+                f"--tls-cert-file={pki.serving_crt}", f"--tls-private-key-file={pki.serving_key}",
+                f"--client-ca-file={pki.ca_crt}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki.sa_pub}",
+                f"--service-account-signing-key-file={pki.sa_key}",
+                "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=Node,RBAC",
+                "--allow-privileged=true", "--profiling=false", "--v=1",
+                # PodSecurity, ServiceAccount and DefaultStorageClass are in the default plugin set.
+                "--enable-admission-plugins=NodeRestriction",
+            ],
+        )  # fmt: skip
+        processes.wait_until(
+            "kube-apiserver /readyz",
+            lambda: processes.http_get(f"{self.api_url}/readyz", ca=pki.ca_crt)[0] == 200,
+            self.config.start_timeout,
+            proc,
+        )
+
+    def _write_kubeconfig(self, pki: Pki) -> None:
+        def b64(p: Path) -> str:
+            return base64.b64encode(p.read_bytes()).decode()
+
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "conveyor",
+                    "cluster": {"server": self.api_url, "certificate-authority-data": b64(pki.ca_crt)},
+                }
+            ],
+            "users": [
+                {
+                    "name": "conveyor-admin",
+                    "user": {
+                        "client-certificate-data": b64(pki.admin_crt),
+                        "client-key-data": b64(pki.admin_key),
+                    },
+                }
+            ],
+            "contexts": [{"name": "conveyor", "context": {"cluster": "conveyor", "user": "conveyor-admin"}}],
+            "current-context": "conveyor",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+        self.kubeconfig.chmod(0o600)
+        self._save()
+
+    def _start_controllers(self, pki: Pki) -> None:
+        kc = str(self.kubeconfig)
+        common = [
+            f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+            "--leader-elect=false", "--bind-address=127.0.0.1",
+            f"--tls-cert-file={pki.serving_crt}", f"--tls-private-key-file={pki.serving_key}", "--v=1",
+        ]  # fmt: skip
+        kcm_port = self.ports["controller-manager"] = processes.free_port()
+        kcm = self._spawn(
+            "kube-controller-manager",
+            [
+                self.binary("kube-controller-manager"), *common, f"--secure-port={kcm_port}",
+                f"--root-ca-file={pki.ca_crt}", f"--service-account-private-key-file={pki.sa_key}",
+                f"--cluster-signing-cert-file={pki.ca_crt}", f"--cluster-signing-key-file={pki.ca_key}",
+                "--use-service-account-credentials=false", "--controllers=*",
+            ],
+        )  # fmt: skip
+        sched_port = self.ports["scheduler"] = processes.free_port()
+        sched = self._spawn(
+            "kube-scheduler", [self.binary("kube-scheduler"), *common, f"--secure-port={sched_port}"]
+        )
+        for proc, port in ((kcm, kcm_port), (sched, sched_port)):
+            url = f"https://127.0.0.1:{port}/healthz"
+            processes.wait_until(
+                f"{proc.name} /healthz",
+                functools.partial(_healthy, url, pki.ca_crt),
+                self.config.start_timeout,
+                proc,
+            )
+
+    def api(self) -> Any:
+        """A ``kubernetes.client.ApiClient`` for this cluster (admin)."""
+        from kubernetes import config as kconfig
+
+        return kconfig.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def _create_nodes_and_storage(self) -> None:
+        from kubernetes import client
+
+        api = self.api()
+        core: Any = client.CoreV1Api(api)
+        for i in range(self.config.gpu_nodes):
+            node = kwok.gpu_node(
+                f"gpu-node-{i}", self.config.gpus_per_node, self.config.gpu_product,
+                cpu=self.config.gpu_node_cpu, memory=self.config.gpu_node_memory,
+            )  # fmt: skip
+            core.create_node(node)
+            # Node status is not taken from a create; set capacity through the status subresource.
+            core.patch_node_status(node["metadata"]["name"], {"status": node["status"]})
+        storage: Any = client.StorageV1Api(api)
+        storage.create_storage_class(
+            {
+                "apiVersion": "storage.k8s.io/v1",
+                "kind": "StorageClass",
+                "metadata": {
+                    "name": STORAGE_CLASS,
+                    "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+                },
+                "provisioner": PROVISIONER,
+                "reclaimPolicy": "Delete",
+                "volumeBindingMode": "Immediate",
+            }
+        )
+
+    def _start_kwok(self) -> None:
+        config = self.state_dir / "kwok.yaml"
+        config.write_text(yaml.safe_dump_all(kwok.pod_stages(), sort_keys=False))
+        port = self.ports["kwok"] = processes.free_port()
+        self._spawn(
+            "kwok",
+            [
+                self.binary("kwok"), f"--kubeconfig={self.kubeconfig}", f"--config={config}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-label-selector={kwok.NODE_LABEL}={kwok.NODE_LABEL_VALUE}",
+                f"--server-address=127.0.0.1:{port}", "--node-ip=10.0.0.2", "--cidr=10.244.0.0/16",
+                "--node-lease-duration-seconds=40",
+            ],
+        )  # fmt: skip
+
+    def _start_agent(self) -> None:
+        self._spawn(
+            "node-agent",
+            [
+                self.config.pod_python, "-m", "conveyor.devcluster.agent", f"--state-dir={self.state_dir}",
+                f"--kubeconfig={self.kubeconfig}", f"--node-name={LOCAL_NODE}",
+                f"--pod-python={self.config.pod_python}",
+            ],
+        )  # fmt: skip
+
+    def _wait_ready(self) -> None:
+        from kubernetes import client
+
+        core: Any = client.CoreV1Api(self.api())
+        want = {f"gpu-node-{i}" for i in range(self.config.gpu_nodes)}
+        if self.config.local_node:
+            want.add(LOCAL_NODE)
+
+        def nodes_ready() -> bool:
+            ready = set()
+            for node in core.list_node().items:
+                conds = {c.type: c.status for c in (node.status.conditions or [])}
+                taints = {t.key for t in (node.spec.taints or [])}
+                if conds.get("Ready") == "True" and "node.kubernetes.io/not-ready" not in taints:
+                    ready.add(node.metadata.name)
+            return want <= ready
+
+        self._wait_with_procs("nodes Ready", nodes_ready)
+        self._wait_with_procs(
+            "ServiceAccount default/default",
+            lambda: bool(core.read_namespaced_service_account("default", "default")),
+        )
+
+    def _wait_with_procs(self, what: str, check: Any) -> None:
+        deadline = time.monotonic() + self.config.start_timeout
+        while True:
+            with contextlib.suppress(Exception):
+                if check():
+                    return
+            for proc in self.procs:
+                if not proc.alive():
+                    raise StartError(
+                        f"{proc.name} exited while waiting for {what}; log {proc.log}:\n{proc.log_tail()}"
+                    )
+            if time.monotonic() > deadline:
+                raise StartError(f"timed out waiting for {what}; logs in {self.log_dir}")
+            time.sleep(0.2)
