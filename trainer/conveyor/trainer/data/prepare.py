@@ -13,6 +13,7 @@ renamed into place, so a crash never leaves a half-written dataset that looks co
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import shutil
@@ -226,3 +227,25 @@ def write_dataset(out: Path, meta: DatasetMetadata, arrays: dict[str, tuple[np.n
                 os.replace(staging / name, out / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="TrainerConfig as inline JSON or a JSON/YAML file")
+    parser.add_argument("--out", required=True, type=Path, help="dataset directory to write (once)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from conveyor.trainer.config import load_config
+    from conveyor.trainer.progress import main_print
+
+    config = load_config(args.config)
+    done = is_complete(args.out)
+    meta = prepare(config, args.out)
+    state = "already prepared" if done else "prepared"
+    main_print(
+        f"{args.out}: {state} {meta.source} ({meta.task}, shape {meta.feature_shape}, sizes {meta.sizes})"
+    )
+    return 0

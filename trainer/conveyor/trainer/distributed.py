@@ -1,0 +1,81 @@
+"""The process group, from torchrun's environment: the few collectives the training loop needs.
+
+torchrun (or a plain `python`, as world size 1) sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+MASTER_PORT. The backend follows the device: NCCL when this process has a CUDA device, gloo otherwise.
+Collectives here are no-ops in a single process, so the training loop reads the same either way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup() -> Context:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if world_size > 1 and not dist.is_initialized():
+        timeout = timedelta(seconds=float(os.environ.get("CONVEYOR_COLLECTIVE_TIMEOUT", "600")))
+        dist.init_process_group(backend, timeout=timeout, device_id=device if backend == "nccl" else None)
+    return Context(rank, world_size, local_rank, device, backend)
+
+
+def cleanup(ctx: Context) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(ctx: Context, value: Any) -> Any:
+    """Rank 0's `value` on every rank."""
+    if not ctx.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=ctx.device if ctx.backend == "nccl" else None)
+    return box[0]
+
+
+def gather_objects(ctx: Context, value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order, on every rank."""
+    if not ctx.distributed:
+        return [value]
+    values: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def mean(ctx: Context, value: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over ranks."""
+    if ctx.distributed:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= ctx.world_size
+    return value

@@ -1,0 +1,560 @@
+"""Distributed training: one loop, read top to bottom, the same under torchrun or plain python.
+
+One process (world size 1; plain python works too)::
+
+    python -m conveyor.trainer train --config config.json --data runs/digits/data --out runs/digits/model
+    torchrun --standalone --nproc-per-node 1 -m conveyor.trainer train --config ... --data ... --out ...
+
+N processes on one machine (one per GPU, or N CPU processes on gloo)::
+
+    torchrun --standalone --nproc-per-node 4 -m conveyor.trainer train --config ... --data ... --out ...
+
+Two nodes (run on each; node 0's address is the rendezvous point, `--max-restarts` resumes from the
+last checkpoint when a worker dies)::
+
+    torchrun --nnodes 2 --nproc-per-node 1 --node-rank $NODE_RANK --rdzv-backend c10d \\
+        --rdzv-endpoint $NODE0_HOST:29400 --rdzv-id $JOB_ID --max-restarts 3 \\
+        -m conveyor.trainer train --config ... --data /shared/data --out /shared/model
+
+The backend is NCCL when the process has a GPU and gloo otherwise. Every rank holds the prepared
+train split in memory (on the GPU when there is one) and each epoch takes a disjoint shard of a seeded
+permutation, sliced into batches — no per-sample collation. Datasets from image folders, or larger than
+`CONVEYOR_IN_MEMORY_BYTES` (default 2 GiB), go through a DataLoader with workers and pinned memory
+(`CONVEYOR_DATA_PATH=memory|loader` forces one). Rank 0 validates on the whole validation split after
+every epoch and broadcasts the early-stopping decision, so all ranks stop together. It then writes
+`checkpoints/latest.pt` atomically; a restarted run resumes from it automatically. At the end rank 0
+writes the best epoch's weights, `model.json` and `result.json` (layout in `conveyor.trainer.artifacts`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from conveyor.trainer import checkpoint, distributed, progress
+from conveyor.trainer.artifacts import (
+    CHECKPOINT_DIR,
+    LATEST_CHECKPOINT,
+    WEIGHTS_FILE,
+    DatasetMetadata,
+    ModelCard,
+    read_metadata,
+    write_card,
+)
+from conveyor.trainer.config import OptimizerSpec, ScheduleSpec, TrainerConfig
+from conveyor.trainer.data import DataError
+from conveyor.trainer.data.prepare import load_split
+from conveyor.trainer.metrics import compute_metrics
+from conveyor.trainer.models import build_model
+
+SMALL_MODEL_PARAMETERS = 2_000_000
+IN_MEMORY_BYTES = int(os.environ.get("CONVEYOR_IN_MEMORY_BYTES", str(2 << 30)))
+
+
+def train(config: TrainerConfig, data_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Train under the current process group (or alone) and return the final result."""
+    started = time.perf_counter()
+    ctx = distributed.setup()
+    try:
+        return _train(config, data_dir, out_dir, ctx, started)
+    finally:
+        distributed.cleanup(ctx)
+
+
+def _train(
+    config: TrainerConfig, data_dir: Path, out_dir: Path, ctx: distributed.Context, started: float
+) -> dict[str, Any]:
+    training, task = config.training, config.task
+    torch.manual_seed(training.seed + ctx.rank)
+    np.random.seed(training.seed + ctx.rank)
+
+    # --- data ----------------------------------------------------------------------------------
+    meta = read_metadata(data_dir)
+    x_train, y_train = load_split(data_dir, "train")
+    x_val, y_val = load_split(data_dir, "validation")
+    if x_train.shape[0] < ctx.world_size:
+        raise DataError(
+            f"the train split has {x_train.shape[0]} rows, fewer than the {ctx.world_size} processes"
+        )
+    batches = make_batches(config, meta, x_train, y_train, ctx)
+    val_x = torch.from_numpy(x_val).to(ctx.device)
+    val_y = torch.from_numpy(y_val).to(ctx.device)
+
+    # --- model, optimiser, schedule, precision ---------------------------------------------------
+    model = build_model(config.model, meta).to(ctx.device)
+    set_cpu_threads(model, ctx)
+    if training.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+    ddp: nn.Module = (
+        DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+        if ctx.distributed
+        else model
+    )
+    optimizer = build_optimizer(config.optimizer, model)
+    total_steps = training.epochs * batches.steps
+    factor = schedule_factor(config.optimizer.schedule, batches.steps, total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    step_schedule = (
+        config.optimizer.schedule.name != "constant" or config.optimizer.schedule.warmup_epochs > 0
+    )
+    dtype = precision_dtype(training.precision, ctx.device)
+    autocast = (
+        (lambda: torch.autocast(ctx.device.type, dtype=dtype))
+        if dtype != torch.float32
+        else contextlib.nullcontext
+    )
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16)
+    loss_fn = make_loss(meta, training.label_smoothing)
+
+    # --- resume --------------------------------------------------------------------------------
+    stopping = EarlyStopping(
+        maximize=task.maximize,
+        patience=training.early_stopping.patience if training.early_stopping else None,
+        min_delta=training.early_stopping.min_delta if training.early_stopping else 0.0,
+    )
+    ckpt_path = out_dir / CHECKPOINT_DIR / LATEST_CHECKPOINT
+    fingerprint = run_fingerprint(config, meta, ctx.world_size)
+    start_epoch, elapsed_before, best_state, best_metrics, finished = 1, 0.0, None, {}, False
+    state = None
+    if ctx.is_main:
+        checkpoint.remove_partials(ckpt_path.parent)
+        state = checkpoint.load(ckpt_path)
+        if state is not None and state.get("fingerprint") != fingerprint:
+            progress.main_print(
+                f"checkpoint {ckpt_path} belongs to a different configuration; starting fresh"
+            )
+            state = None
+    state = distributed.broadcast_object(ctx, state)
+    if state is not None:
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        rngs = state["rng"]
+        if len(rngs) == ctx.world_size:
+            checkpoint.set_rng_state(rngs[ctx.rank])
+        stopping = EarlyStopping(**state["early_stopping"])
+        start_epoch, elapsed_before = state["epoch"] + 1, state["elapsed"]
+        best_state, best_metrics, finished = state["best_state"], state["best_metrics"], state["finished"]
+        if ctx.is_main:
+            progress.main_print(f"resumed from {ckpt_path} after epoch {state['epoch']}")
+        del state
+
+    # --- the loop ------------------------------------------------------------------------------
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, training.epochs + 1):
+        if finished:
+            break
+        ddp.train()
+        epoch_start = time.perf_counter()
+        loss_sum = torch.zeros((), device=ctx.device)
+        for xb, yb in batches.epoch(epoch):
+            with autocast():
+                loss = loss_fn(ddp(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if training.gradient_clipping is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), training.gradient_clipping)
+            scaler.step(optimizer)
+            scaler.update()
+            if step_schedule:
+                scheduler.step()
+            loss_sum += loss.detach()
+        train_loss = float(distributed.mean(ctx, loss_sum / batches.steps))
+        train_seconds = time.perf_counter() - epoch_start
+
+        # Rank 0 validates the whole split and decides; every rank follows its decision.
+        decision = None
+        if ctx.is_main:
+            metrics = validate(unwrap(model), meta, val_x, val_y, loss_fn, autocast, training.batch_size)
+            metrics["trainLoss"] = train_loss
+            metrics["learningRate"] = optimizer.param_groups[0]["lr"]
+            improved = stopping.update(metrics.get(task.metric, math.nan), epoch)
+            if improved:
+                best_state = {
+                    k: v.detach().to("cpu", copy=True) for k, v in unwrap(model).state_dict().items()
+                }
+                best_metrics = {k: v for k, v in metrics.items() if k not in ("trainLoss", "learningRate")}
+            decision = stopping.should_stop
+            elapsed = elapsed_before + time.perf_counter() - started
+            samples = batches.samples_per_epoch * ctx.world_size
+            progress.emit(
+                out_dir,
+                progress.epoch_event(epoch, training.epochs, metrics, samples / train_seconds, elapsed),
+            )
+        rngs = distributed.gather_objects(ctx, checkpoint.rng_state())
+        finished = bool(distributed.broadcast_object(ctx, decision)) or epoch == training.epochs
+        if ctx.is_main:
+            checkpoint.save(
+                ckpt_path,
+                {
+                    "fingerprint": fingerprint,
+                    "epoch": epoch,
+                    "model": unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": rngs,
+                    "early_stopping": asdict(stopping),
+                    "best_state": best_state,
+                    "best_metrics": best_metrics,
+                    "finished": finished,
+                    "elapsed": elapsed_before + time.perf_counter() - started,
+                },
+            )
+        if finished:
+            break
+
+    # --- the artifact --------------------------------------------------------------------------
+    result = {
+        "status": "succeeded",
+        "epochsRun": stopping.epochs_seen(epoch),
+        "bestEpoch": stopping.best_epoch,
+        "objective": {"metric": task.metric, "value": stopping.best},
+        "metrics": best_metrics,
+        "stoppedEarly": stopping.should_stop,
+        "durationSeconds": round(elapsed_before + time.perf_counter() - started, 3),
+    }
+    if ctx.is_main:
+        torch.save(
+            best_state if best_state is not None else unwrap(model).state_dict(), out_dir / WEIGHTS_FILE
+        )
+        write_card(out_dir, ModelCard(name=out_dir.name, config=config, dataset=meta, metrics=best_metrics))
+        progress.write_result(out_dir, result)
+    return result
+
+
+# --- batches ------------------------------------------------------------------------------------
+
+
+class InMemoryBatches:
+    """The train split on the device; each epoch a disjoint, seeded shard per rank, sliced into batches."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        ctx: distributed.Context,
+        seed: int,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> None:
+        self.x, self.y, self.batch_size, self.ctx, self.seed, self.augment = (
+            x,
+            y,
+            batch_size,
+            ctx,
+            seed,
+            augment,
+        )
+        self.samples_per_epoch = x.shape[0] // ctx.world_size
+        self.steps = batch_count(self.samples_per_epoch, batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(self.x.shape[0], generator=generator)
+        shard = order[self.ctx.rank :: self.ctx.world_size][: self.samples_per_epoch].to(self.x.device)
+        xs, ys = self.x[shard], self.y[shard]  # one gather per epoch; batches are views
+        if self.augment is not None:
+            xs = self.augment(xs)
+        for step in range(self.steps):
+            begin = step * self.batch_size
+            yield xs[begin : begin + self.batch_size], ys[begin : begin + self.batch_size]
+
+
+class LoaderBatches:
+    """A DataLoader (workers, pinned memory, DistributedSampler) for data too big to sit on the device."""
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int,
+        ctx: distributed.Context,
+        seed: int,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> None:
+        from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+        dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+        self.sampler: DistributedSampler[Any] = DistributedSampler(
+            dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
+        )
+        workers = min(4, max(1, (os.cpu_count() or 2) // max(1, ctx.world_size) - 1))
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=ctx.device.type == "cuda",
+            persistent_workers=True,
+            drop_last=False,
+        )
+        self.ctx, self.augment = ctx, augment
+        self.samples_per_epoch = len(self.sampler)
+        self.steps = len(self.loader)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.set_epoch(epoch)
+        for xb, yb in self.loader:
+            xb = xb.to(self.ctx.device, non_blocking=True)
+            yield (self.augment(xb) if self.augment else xb), yb.to(self.ctx.device, non_blocking=True)
+
+
+def batch_count(samples: int, batch_size: int) -> int:
+    """Batches per epoch; a trailing batch of one row is dropped (batch norm cannot train on it)."""
+    steps = math.ceil(samples / batch_size)
+    return steps - 1 if steps > 1 and samples % batch_size == 1 else steps
+
+
+def make_batches(
+    config: TrainerConfig, meta: DatasetMetadata, x: np.ndarray, y: np.ndarray, ctx: distributed.Context
+) -> InMemoryBatches | LoaderBatches:
+    augment = make_augmentation(config, meta)
+    seed = config.data.split.seed + config.training.seed
+    path = os.environ.get("CONVEYOR_DATA_PATH")
+    folder_images = meta.input_kind == "image" and not meta.source.startswith("builtin://")
+    if path == "loader" or (path != "memory" and (folder_images or x.nbytes > IN_MEMORY_BYTES)):
+        return LoaderBatches(x, y, config.training.batch_size, ctx, seed, augment)
+    tensors = torch.from_numpy(x).to(ctx.device), torch.from_numpy(y).to(ctx.device)
+    return InMemoryBatches(*tensors, config.training.batch_size, ctx, seed, augment)
+
+
+# --- augmentation -------------------------------------------------------------------------------
+
+
+def make_augmentation(
+    config: TrainerConfig, meta: DatasetMetadata
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    shift = config.data.augmentation.random_shift if meta.input_kind == "image" else 0
+    noise = config.data.augmentation.gaussian_noise
+    if not shift and not noise:
+        return None
+
+    def augment(x: torch.Tensor) -> torch.Tensor:
+        if shift:
+            x = random_shift(x, shift)
+        if noise:
+            x = x + noise * torch.randn_like(x)
+        return x
+
+    return augment
+
+
+def random_shift(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """Translate each image by up to `shift` pixels in each direction (edges replicated): one gather."""
+    n, _, height, width = x.shape
+    offsets = torch.randint(-shift, shift + 1, (n, 2), device=x.device)
+    rows = (torch.arange(height, device=x.device) + offsets[:, :1]).clamp_(0, height - 1)  # [n, h]
+    cols = (torch.arange(width, device=x.device) + offsets[:, 1:]).clamp_(0, width - 1)  # [n, w]
+    index = torch.arange(n, device=x.device)[:, None, None]
+    return x.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+# --- optimisation -------------------------------------------------------------------------------
+
+
+def build_optimizer(spec: OptimizerSpec, model: nn.Module) -> torch.optim.Optimizer:
+    params, lr, wd = model.parameters(), spec.learning_rate, spec.weight_decay
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=wd)
+    if spec.name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if spec.name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if spec.name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+    return torch.optim.RMSprop(params, lr=lr, momentum=spec.momentum, weight_decay=wd)
+
+
+def schedule_factor(spec: ScheduleSpec, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
+    """The learning-rate multiplier at each optimizer step: linear warm-up, then the schedule."""
+    warmup = min(spec.warmup_epochs * steps_per_epoch, max(total_steps - 1, 0))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if spec.name == "step":
+            return float(spec.gamma ** ((step - warmup) // (spec.step_size * steps_per_epoch)))
+        if spec.name == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        if spec.name == "onecycle":  # rise from 1/25 over 30% (unless warm-up did it), then anneal to ~0
+            rise = 0.0 if warmup else 0.3
+            if progress < rise:
+                return 1 / 25 + (1 - 1 / 25) * 0.5 * (1 - math.cos(math.pi * progress / rise))
+            fall = (progress - rise) / (1 - rise)
+            return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * min(fall, 1.0)))
+        return 1.0
+
+    return factor
+
+
+def precision_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def make_loss(
+    meta: DatasetMetadata, label_smoothing: float
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if meta.task == "classification":
+        return lambda out, y: F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+    stats = meta.target_normalization
+    scale = stats.scale[0] if stats.method != "none" and stats.scale else 1.0
+    # Models predict in target units; the loss is the MSE of the standardised target.
+    return lambda out, y: F.mse_loss(out.float().squeeze(-1) / scale, y / scale)
+
+
+# --- validation and early stopping --------------------------------------------------------------
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    meta: DatasetMetadata,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    autocast: Callable[[], Any],
+    batch_size: int,
+) -> dict[str, float]:
+    """Every metric of the task on the whole split, plus `loss` (without label smoothing)."""
+    was_training = model.training
+    model.eval()
+    chunk = max(batch_size, 1024)
+    with autocast():
+        outputs = torch.cat([model(x[i : i + chunk]).float() for i in range(0, x.shape[0], chunk)])
+    model.train(was_training)
+    if meta.task == "classification":
+        loss = F.cross_entropy(outputs, y)
+        scores = torch.softmax(outputs, dim=1).cpu().numpy()
+    else:
+        loss = loss_fn(outputs, y)
+        scores = outputs.squeeze(-1).cpu().numpy()
+    metrics = compute_metrics(meta.task, y.cpu().numpy(), scores, meta.output_size or None)
+    return {"loss": float(loss), **metrics}
+
+
+@dataclass
+class EarlyStopping:
+    """Best value so far and epochs since it improved by more than `min_delta`."""
+
+    maximize: bool
+    patience: int | None
+    min_delta: float = 0.0
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    last_epoch: int = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        self.last_epoch = epoch
+        better = not math.isnan(value) and (
+            self.best is None
+            or (value > self.best + self.min_delta if self.maximize else value < self.best - self.min_delta)
+        )
+        if better:
+            self.best, self.best_epoch, self.bad_epochs = float(value), epoch, 0
+        else:
+            self.bad_epochs += 1
+        return better
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+    def epochs_seen(self, epoch: int) -> int:
+        return max(self.last_epoch, 0) or epoch
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP and torch.compile wrappers (what checkpoints and weights hold)."""
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # type: ignore[assignment]
+        else:
+            return model
+
+
+def set_cpu_threads(model: nn.Module, ctx: distributed.Context) -> None:
+    """Small models on CPU run fastest single-threaded: intra-op threads only add synchronisation, and on
+    a shared machine spinning OpenMP threads slow training down by orders of magnitude. An explicit
+    OMP_NUM_THREADS (torchrun sets 1 for several processes per node) always wins."""
+    small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
+    if ctx.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ and small:
+        torch.set_num_threads(1)
+
+
+def run_fingerprint(config: TrainerConfig, meta: DatasetMetadata, world_size: int) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the same model, data shape and optimisation setup."""
+    return {
+        "model": config.model.to_wire(),
+        "optimizer": config.optimizer.to_wire(),
+        "batchSize": config.training.batch_size,
+        "epochs": config.training.epochs,
+        "featureShape": list(meta.feature_shape),
+        "outputs": meta.output_size,
+        "worldSize": world_size,
+    }
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="TrainerConfig as inline JSON or a JSON/YAML file")
+    parser.add_argument("--data", required=True, type=Path, help="prepared dataset directory")
+    parser.add_argument("--out", required=True, type=Path, help="model directory to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    from conveyor.trainer.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+        if not (args.data / "metadata.json").is_file():
+            raise DataError(f"{args.data} holds no prepared dataset; run `prepare --out {args.data}` first")
+        train(config, args.data, args.out)
+    except ConfigError as error:
+        report_failure(args.out, "InvalidConfig", str(error))
+        raise
+    except DataError as error:
+        report_failure(args.out, "DataError", str(error))
+        raise
+    except Exception as error:
+        report_failure(args.out, "TrainingError", f"{type(error).__name__}: {error}")
+        raise
+    return 0
+
+
+def report_failure(out_dir: Path, reason: str, message: str) -> None:
+    """A failed result the control plane can read (rank 0 only; other ranks' errors reach it via torchrun)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    with contextlib.suppress(OSError):
+        progress.write_result(out_dir, {"status": "failed", "reason": reason, "message": message[:2000]})
