@@ -134,9 +134,10 @@ def _threads_per_process(workload: Workload) -> int:
 
 
 def torchrun_env(
-    workload: Workload, master_addr: str, master_port: int = DEFAULT_MASTER_PORT, node_rank: int = 0
+    workload: Workload, master_addr: str, master_port: int = DEFAULT_MASTER_PORT, node_rank: int | str = 0
 ) -> dict[str, str]:
-    """The environment of worker `node_rank` of a distributed workload (same on localhost and in pods)."""
+    """The environment of worker `node_rank` of a distributed workload (same on localhost and in pods).
+    In pods `node_rank` is a `$(VAR)` reference expanded by the kubelet (the Job completion index)."""
     nnodes = workload.workers if workload.distributed else 1
     nproc = workload.processes_per_worker if workload.distributed else 1
     env = dict(workload.env)
@@ -181,7 +182,7 @@ def torchrun_argv(
     root: str,
     master_addr: str,
     master_port: int = DEFAULT_MASTER_PORT,
-    node_rank: int = 0,
+    node_rank: int | str = 0,
     python: str = "python",
 ) -> list[str]:
     """`python -m torch.distributed.run ... -m conveyor.trainer <trainer_argv>` for one worker."""
@@ -214,7 +215,7 @@ def command_argv(
     root: str,
     master_addr: str = "127.0.0.1",
     master_port: int = DEFAULT_MASTER_PORT,
-    node_rank: int = 0,
+    node_rank: int | str = 0,
     python: str = "python",
 ) -> tuple[list[str], dict[str, str]]:
     """Command line and environment of worker `node_rank`: torchrun for distributed workloads, plain

@@ -1,0 +1,498 @@
+"""Pure manifest builders: the engine's workloads rendered into Kubernetes objects (plain dicts).
+
+No I/O and no client objects, so every decision here is table-tested (tests/unit/test_kubernetes_
+builders.py) and the executor stays a thin apply/observe layer, as in Kubeflow Trainer's plugins.
+
+What a pipeline's children look like, and why:
+
+- A distributed workload (a trial, the final training) is an Indexed `batch/v1` Job with
+  completions = parallelism = workers plus a headless Service with `publishNotReadyAddresses`, so
+  rank 0 has the stable name `<job>-0.<service>` before any pod is Ready (rendezvous races, anchors
+  §6 #2). The node rank is the completion index, read through the downward API into `PET_NODE_RANK`;
+  everything else comes from `conveyor.operator.workloads`, the same contract the local executor uses.
+- Single-process stages (prepare, evaluate, ensemble) are plain Jobs; serving is a Deployment and a
+  Service (+ an HPA when `serving.autoscaling` is set) with a readiness probe on the Open Inference
+  Protocol's `/v2/health/ready`.
+- Retries belong to the engine, not the Job: `backoffLimit: 0`, so any counted failure ends the Job and
+  the engine restarts the whole gang as its next attempt from the checkpoint (one torchrun node
+  restarted alone hangs the others). The pod failure policy separates what is not the workload's
+  fault (a `DisruptionTarget` condition: preemption, eviction, node drain -> Ignore, the pod is simply
+  recreated) from what retrying cannot fix (exit code 2, the trainer's "invalid config or data" ->
+  FailJob at once, reason PodFailurePolicy). Exit 137/143 without a disruption counts as a failure.
+- Jobs get no TTL: their pods carry the durable result (the termination message, policy File, no log
+  fallback) until the operator has read it, even if it was down when they finished. They go with the
+  pipeline through owner references.
+- Pods pass the PodSecurity `restricted` profile, mount no service-account token (workloads get no
+  Kubernetes API access) and, when the operator runs a progress endpoint, get a projected token for the
+  audience `conveyor.dev` only, which the API server itself does not accept.
+- Artifacts: `pvc://CLAIM[/PATH]` is mounted at /artifacts (subPath PATH) in every stage pod; an object
+  store URI (s3://, gs://, ...) is passed as the root with credentials from the optional Secret
+  `conveyor-storage` as environment; no URI means a per-pod emptyDir (only useful for simulations).
+  Each pipeline's run root is `<root>/<pipeline name>`, so pipelines may share one claim.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from conveyor.operator.api import API_VERSION, KIND
+from conveyor.operator.api.spec import TrainingPipelineSpec
+from conveyor.operator.workloads import (
+    DEFAULT_MASTER_PORT,
+    TRAINER_MODULE,
+    Workload,
+    command_argv,
+    serve_argv,
+)
+from conveyor.trainer.config import ServingSpec
+
+FIELD_MANAGER = "conveyor-operator"
+CONTAINER = "trainer"
+SERVER_CONTAINER = "server"
+ARTIFACTS_MOUNT = "/artifacts"
+TOKEN_DIR = "/var/run/secrets/conveyor.dev"
+TOKEN_AUDIENCE = "conveyor.dev"
+TOKEN_SECONDS = 3600
+STORAGE_SECRET = "conveyor-storage"
+DEFAULT_IMAGE = "ghcr.io/conveyor-dev/conveyor-trainer:latest"
+RUN_AS = 10001
+EXIT_INVALID = 2  # the trainer's exit code for an invalid config or dataset: retrying cannot help
+COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+
+LABEL_PIPELINE = "conveyor.dev/pipeline"
+LABEL_WORKLOAD = "conveyor.dev/workload"
+LABEL_ATTEMPT = "conveyor.dev/attempt"
+LABEL_STAGE = "conveyor.dev/stage"
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+SERVING = "serve"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The pipeline the children belong to."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: TrainingPipelineSpec
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Operator-wide settings (from the chart): the default image and the progress endpoint."""
+
+    image: str = DEFAULT_IMAGE
+    image_pull_policy: str | None = None
+    progress_url: str | None = None  # e.g. http://conveyor-progress.conveyor-system.svc:8081
+    python: str = "python"
+
+
+# --- names and metadata -------------------------------------------------------------------------
+
+
+def dns_name(*parts: str, limit: int = 63) -> str:
+    """A DNS-1035 label from `parts`; too long ones keep a readable prefix and a stable hash."""
+    text = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+    if not text or not text[0].isalpha():
+        text = f"c-{text}"
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{text[: limit - 9].rstrip('-')}-{digest}"
+
+
+def label_value(value: str) -> str:
+    """A label value (<= 63 characters, alphanumeric at both ends)."""
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", value)
+    if len(text) > 63:
+        text = f"{text[:54]}-{hashlib.sha256(value.encode()).hexdigest()[:8]}"
+    return text.strip("-._")
+
+
+def job_name(pipeline: str, workload: Workload) -> str:
+    """`<pipeline>-<workload>-<attempt>`; 52 characters at most, so that Indexed Job pod hostnames
+    (`<job>-<index>`) and the pods' generated names stay within 63."""
+    return dns_name(pipeline, workload.key, limit=52)
+
+
+def serving_name(pipeline: str) -> str:
+    return dns_name(pipeline, "serve", limit=52)
+
+
+def selector(owner: Owner, workload: str, attempt: int | None = None) -> dict[str, str]:
+    labels = {LABEL_PIPELINE: label_value(owner.name), LABEL_WORKLOAD: label_value(workload)}
+    if attempt is not None:
+        labels[LABEL_ATTEMPT] = str(attempt)
+    return labels
+
+
+def labels(owner: Owner, stage: str, workload: str, attempt: int | None = None) -> dict[str, str]:
+    extra = dict(owner.spec.scheduling.labels or {})
+    return {
+        **extra,
+        "app.kubernetes.io/name": "conveyor",
+        "app.kubernetes.io/instance": label_value(owner.name),
+        "app.kubernetes.io/component": stage,
+        "app.kubernetes.io/part-of": "conveyor",
+        "app.kubernetes.io/managed-by": FIELD_MANAGER,
+        LABEL_STAGE: stage,
+        **selector(owner, workload, attempt),
+    }
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def metadata(owner: Owner, name: str, object_labels: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": dict(object_labels),
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+# --- pod pieces ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Storage:
+    root: str  # the run root as the container sees it
+    volumes: tuple[dict[str, Any], ...]
+    mounts: tuple[dict[str, Any], ...]
+    env: tuple[dict[str, Any], ...] = ()
+    env_from: tuple[dict[str, Any], ...] = ()
+
+
+def storage(owner: Owner) -> Storage:
+    uri = owner.spec.storage.uri
+    if uri and uri.startswith("pvc://"):
+        claim, _, path = uri.removeprefix("pvc://").partition("/")
+        mount: dict[str, Any] = {"name": "artifacts", "mountPath": ARTIFACTS_MOUNT}
+        if path.strip("/"):
+            mount["subPath"] = path.strip("/")
+        volume = {"name": "artifacts", "persistentVolumeClaim": {"claimName": claim}}
+        return Storage(f"{ARTIFACTS_MOUNT}/{owner.name}", (volume,), (mount,))
+    if uri and "://" in uri and not uri.startswith("file://"):
+        secret = {"secretRef": {"name": STORAGE_SECRET, "optional": True}}
+        return Storage(f"{uri.rstrip('/')}/{owner.name}", (), (), env_from=(secret,))
+    volume = {"name": "artifacts", "emptyDir": {}}
+    mount = {"name": "artifacts", "mountPath": ARTIFACTS_MOUNT}
+    return Storage(f"{ARTIFACTS_MOUNT}/{owner.name}", (volume,), (mount,))
+
+
+def container_security_context() -> dict[str, Any]:
+    """PodSecurity `restricted`: non-root, no privilege escalation, no capabilities, RuntimeDefault."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def resources(workload: Workload) -> dict[str, Any]:
+    requests: dict[str, Any] = {"cpu": workload.cpu, "memory": workload.memory}
+    limits: dict[str, Any] = {"memory": workload.memory}
+    if workload.gpu:
+        requests["nvidia.com/gpu"] = str(workload.gpu)
+        limits["nvidia.com/gpu"] = str(workload.gpu)
+    return {"requests": requests, "limits": limits}
+
+
+def env_list(values: Mapping[str, str]) -> list[dict[str, Any]]:
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
+Pieces = tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]
+
+
+def progress_pieces(settings: Settings) -> Pieces:
+    """(env, volumes, mounts) for pushing progress to the operator with an audience-bound token."""
+    if not settings.progress_url:
+        return [], [], []
+    env = [
+        {"name": "CONVEYOR_PROGRESS_URL", "value": settings.progress_url},
+        {"name": "CONVEYOR_PROGRESS_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"},
+    ]
+    volume = {
+        "name": "conveyor-token",
+        "projected": {
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "audience": TOKEN_AUDIENCE,
+                        "expirationSeconds": TOKEN_SECONDS,
+                        "path": "token",
+                    }
+                }
+            ]
+        },
+    }
+    mount = {"name": "conveyor-token", "mountPath": TOKEN_DIR, "readOnly": True}
+    return env, [volume], [mount]
+
+
+def pod_spec(
+    owner: Owner,
+    settings: Settings,
+    container: dict[str, Any],
+    restart_policy: str,
+) -> dict[str, Any]:
+    """A pod spec around `container`: storage, progress token, security and scheduling pass-through."""
+    sched = owner.spec.scheduling
+    store = storage(owner)
+    progress_env, progress_volumes, progress_mounts = progress_pieces(settings)
+    container = {
+        **container,
+        "image": sched.image or settings.image,
+        "securityContext": container_security_context(),
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+        "volumeMounts": [
+            *store.mounts,
+            *progress_mounts,
+            {"name": "tmp", "mountPath": "/tmp"},
+            *container.get("volumeMounts", []),
+        ],
+        "env": [*container.get("env", []), *store.env, *progress_env],
+    }
+    pull = sched.image_pull_policy or settings.image_pull_policy
+    if pull:
+        container["imagePullPolicy"] = pull
+    if store.env_from:
+        container["envFrom"] = list(store.env_from)
+    spec: dict[str, Any] = {
+        "restartPolicy": restart_policy,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": [*store.volumes, *progress_volumes, {"name": "tmp", "emptyDir": {}}],
+    }
+    optional = {
+        "serviceAccountName": sched.service_account_name,
+        "nodeSelector": sched.node_selector,
+        "tolerations": sched.tolerations,
+        "affinity": sched.affinity,
+        "priorityClassName": sched.priority_class_name,
+        "schedulerName": sched.scheduler_name,
+    }
+    spec.update({k: v for k, v in optional.items() if v})
+    return spec
+
+
+def pod_template(owner: Owner, object_labels: Mapping[str, str], spec: dict[str, Any]) -> dict[str, Any]:
+    meta: dict[str, Any] = {"labels": dict(object_labels)}
+    if owner.spec.scheduling.annotations:
+        meta["annotations"] = dict(owner.spec.scheduling.annotations)
+    return {"metadata": meta, "spec": spec}
+
+
+# --- workloads ----------------------------------------------------------------------------------
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    return {
+        "rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID]},
+            },
+        ]
+    }
+
+
+def master_address(owner: Owner, workload: Workload) -> str:
+    """Rank 0's stable DNS name: pod hostname `<job>-0` under the headless Service `<job>`."""
+    name = job_name(owner.name, workload)
+    return f"{name}-0.{name}"
+
+
+def trainer_container(owner: Owner, settings: Settings, workload: Workload) -> dict[str, Any]:
+    root = storage(owner).root
+    if workload.distributed:
+        argv, env = command_argv(
+            workload,
+            root,
+            master_address(owner, workload),
+            DEFAULT_MASTER_PORT,
+            node_rank="$(PET_NODE_RANK)",
+            python=settings.python,
+        )
+        env.pop("PET_NODE_RANK")
+        env_entries = [
+            {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},
+            *env_list(env),
+        ]
+    else:
+        argv, env = command_argv(workload, root, python=settings.python)
+        env_entries = env_list(env)
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "command": argv[:1],
+        "args": argv[1:],
+        "env": env_entries,
+        "resources": resources(workload),
+    }
+    if workload.distributed:
+        container["ports"] = [{"name": "rendezvous", "containerPort": DEFAULT_MASTER_PORT}]
+    return container
+
+
+def workload_job(owner: Owner, settings: Settings, workload: Workload) -> dict[str, Any]:
+    """The Job of one workload attempt (Indexed, with a subdomain, when distributed)."""
+    name = job_name(owner.name, workload)
+    object_labels = labels(owner, workload.stage, workload.name, workload.attempt)
+    pod = pod_spec(owner, settings, trainer_container(owner, settings, workload), "Never")
+    workers = workload.workers if workload.distributed else 1
+    job_spec: dict[str, Any] = {
+        "completions": workers,
+        "parallelism": workers,
+        "backoffLimit": 0,
+        "podFailurePolicy": pod_failure_policy(),
+        "template": pod_template(owner, object_labels, pod),
+    }
+    if workload.distributed:
+        job_spec["completionMode"] = "Indexed"
+        pod["subdomain"] = name
+    sched = owner.spec.scheduling
+    job_labels = dict(object_labels)
+    if sched.queue_name:
+        job_labels[LABEL_QUEUE] = sched.queue_name
+        job_spec["suspend"] = True
+    if owner.spec.managed_by:
+        job_spec["managedBy"] = owner.spec.managed_by
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(owner, name, job_labels),
+        "spec": job_spec,
+    }
+
+
+def headless_service(owner: Owner, workload: Workload) -> dict[str, Any]:
+    name = job_name(owner.name, workload)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(owner, name, labels(owner, workload.stage, workload.name, workload.attempt)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector(owner, workload.name, workload.attempt),
+            "ports": [{"name": "rendezvous", "port": DEFAULT_MASTER_PORT, "targetPort": DEFAULT_MASTER_PORT}],
+        },
+    }
+
+
+def workload_objects(owner: Owner, settings: Settings, workload: Workload) -> list[dict[str, Any]]:
+    """Everything one workload attempt needs, in apply order (the Service first: rank-0 DNS)."""
+    job = workload_job(owner, settings, workload)
+    return [headless_service(owner, workload), job] if workload.distributed else [job]
+
+
+# --- serving ------------------------------------------------------------------------------------
+
+
+def serving_url(owner: Owner, serving: ServingSpec) -> str:
+    return f"http://{serving_name(owner.name)}.{owner.namespace}.svc:{serving.port}"
+
+
+def serving_objects(
+    owner: Owner, settings: Settings, model: str, serving: ServingSpec
+) -> list[dict[str, Any]]:
+    """Deployment + Service (+ HorizontalPodAutoscaler) serving the artifact directory `model`."""
+    name = serving_name(owner.name)
+    object_labels = labels(owner, SERVING, SERVING)
+    root = storage(owner).root
+    argv = [settings.python, "-m", TRAINER_MODULE, *serve_argv(model, serving, root), "--host", "0.0.0.0"]
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5}
+    container: dict[str, Any] = {
+        "name": SERVER_CONTAINER,
+        "command": argv[:1],
+        "args": argv[1:],
+        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "CONVEYOR_MODEL", "value": model}],
+        "ports": [{"name": "http", "containerPort": serving.port}],
+        "readinessProbe": probe,
+        "resources": {
+            "requests": {"cpu": owner.spec.resources.cpu, "memory": owner.spec.resources.memory},
+            "limits": {"memory": owner.spec.resources.memory},
+        },
+    }
+    pod = pod_spec(owner, settings, container, "Always")
+    template = pod_template(owner, object_labels, pod)
+    template["metadata"].setdefault("annotations", {})["conveyor.dev/model"] = model
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector(owner, SERVING)},
+        "template": template,
+    }
+    if serving.autoscaling is None:
+        deployment_spec["replicas"] = serving.replicas
+    objects: list[dict[str, Any]] = [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": metadata(owner, name, object_labels),
+            "spec": deployment_spec,
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata(owner, name, object_labels),
+            "spec": {
+                "selector": selector(owner, SERVING),
+                "ports": [{"name": "http", "port": serving.port, "targetPort": "http"}],
+            },
+        },
+    ]
+    scaling = serving.autoscaling
+    if scaling is not None:
+        objects.append(
+            {
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "metadata": metadata(owner, name, object_labels),
+                "spec": {
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                    "minReplicas": scaling.min_replicas,
+                    "maxReplicas": scaling.max_replicas,
+                    "metrics": [
+                        {
+                            "type": "Resource",
+                            "resource": {
+                                "name": "cpu",
+                                "target": {
+                                    "type": "Utilization",
+                                    "averageUtilization": scaling.target_cpu_utilization,
+                                },
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    return objects

@@ -1,0 +1,263 @@
+"""Table tests for the pure Kubernetes manifest builders (conveyor.operator.kubernetes.builders)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor.operator.api.resource import load_manifest
+from conveyor.operator.api.spec import TrainingPipelineSpec
+from conveyor.operator.engine import workload_for
+from conveyor.operator.engine.observations import Observations
+from conveyor.operator.engine.pipeline import reconcile
+from conveyor.operator.kubernetes import builders as b
+from conveyor.operator.workloads import Workload
+from conveyor.trainer.config import AutoscalingSpec, ServingSpec
+
+REFERENCE = Path("/work/shared/design/pipeline.yaml")
+REPO_REFERENCE = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "digits.yaml"
+
+
+def spec_from(overrides: dict[str, Any] | None = None) -> TrainingPipelineSpec:
+    base: dict[str, Any] = {
+        "task": {"type": "classification", "objective": {"metric": "accuracy", "goal": "maximize"}},
+        "resources": {"workers": 2, "cpu": "1", "memory": "2Gi"},
+        "storage": {"uri": "pvc://conveyor-artifacts"},
+    }
+    for key, value in (overrides or {}).items():
+        base[key] = value
+    return TrainingPipelineSpec.model_validate(base)
+
+
+def owner(overrides: dict[str, Any] | None = None, name: str = "digits") -> b.Owner:
+    return b.Owner(name, "ml", "uid-1", spec_from(overrides))
+
+
+def trial(workers: int = 2, gpu: int = 0, attempt: int = 0, procs: int = 1) -> Workload:
+    return Workload(
+        "trial-0003", "tune", "train", "trials/trial-0003", attempt=attempt, config={"a": 1},
+        trial=3, distributed=True, workers=workers, processes_per_worker=procs, gpu=gpu,
+    )
+
+
+PREPARE = Workload("prepare", "prepare", "prepare", "data", config={"a": 1})
+SETTINGS = b.Settings(image="reg/conveyor-trainer:1", progress_url="http://conveyor-progress.sys.svc:8081")
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_reference_pipeline_trial_job_and_service() -> None:
+    path = REFERENCE if REFERENCE.exists() else REPO_REFERENCE
+    if not path.exists():
+        pytest.skip("reference pipeline not available")
+    (pipeline,) = load_manifest(path)
+    decision = reconcile(pipeline.spec, None, Observations(), now=datetime(2026, 1, 1))
+    assert decision.status.workloads or decision.status.trials
+    work = workload_for(pipeline.spec, decision.status, "prepare", 0)
+    objects = b.workload_objects(b.Owner("digits", "ml", "u", pipeline.spec), SETTINGS, work)
+    assert [o["kind"] for o in objects] == ["Job"]
+
+
+@pytest.mark.parametrize(
+    ("workload", "kinds", "indexed", "completions"),
+    [
+        (trial(workers=2), ["Service", "Job"], True, 2),
+        (trial(workers=4), ["Service", "Job"], True, 4),
+        (trial(workers=1), ["Service", "Job"], True, 1),
+        (PREPARE, ["Job"], False, 1),
+    ],
+)
+def test_workload_objects_shape(
+    workload: Workload, kinds: list[str], indexed: bool, completions: int
+) -> None:
+    objects = b.workload_objects(owner(), SETTINGS, workload)
+    assert [o["kind"] for o in objects] == kinds
+    job = objects[-1]
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == completions
+    assert (job["spec"].get("completionMode") == "Indexed") is indexed
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    if indexed:
+        service = objects[0]
+        assert service["spec"]["clusterIP"] == "None"
+        assert service["spec"]["publishNotReadyAddresses"] is True
+        assert job["spec"]["template"]["spec"]["subdomain"] == service["metadata"]["name"]
+        assert service["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize(
+    ("workers", "procs", "gpu", "nnodes", "nproc", "world"),
+    [(2, 1, 0, "2", "1", "2"), (4, 8, 8, "4", "8", "32"), (1, 2, 2, "1", "2", "2")],
+)
+def test_torchrun_env_contract(
+    workers: int, procs: int, gpu: int, nnodes: str, nproc: str, world: str
+) -> None:
+    job = b.workload_job(owner(), SETTINGS, trial(workers, gpu, procs=procs))
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(container)
+    master = f"{job['metadata']['name']}-0.{job['metadata']['name']}"
+    assert env["PET_NNODES"] == nnodes
+    assert env["PET_NPROC_PER_NODE"] == nproc
+    assert env["WORLD_SIZE"] == world
+    assert env["PET_MASTER_ADDR"] == env["MASTER_ADDR"] == master
+    assert env["PET_MASTER_PORT"] == env["MASTER_PORT"] == "29500"
+    assert env["PET_NODE_RANK"] == {"fieldRef": {"fieldPath": b.COMPLETION_INDEX}}
+    assert container["env"][0]["name"] == "PET_NODE_RANK"  # defined before anything refers to it
+    args = container["args"]
+    assert args[args.index("--node-rank") + 1] == "$(PET_NODE_RANK)"
+    assert args[args.index("--nproc-per-node") + 1] == nproc
+    assert args[args.index("--master-addr") + 1] == master
+    assert "torch.distributed.run" in args
+    assert any(a.startswith("/artifacts/digits/") for a in args)
+    assert env["CONVEYOR_WORKLOAD"] == "trial-0003"
+    limits = container["resources"]["limits"]
+    if gpu:
+        assert container["resources"]["requests"]["nvidia.com/gpu"] == limits["nvidia.com/gpu"] == str(gpu)
+    else:
+        assert "nvidia.com/gpu" not in limits
+
+
+def test_pod_is_restricted_and_has_no_api_token() -> None:
+    for workload in (trial(), PREPARE):
+        pod = b.workload_job(owner(), SETTINGS, workload)["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        (container,) = pod["containers"]
+        ctx = container["securityContext"]
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["capabilities"] == {"drop": ["ALL"]}
+        assert container["terminationMessagePolicy"] == "File"
+        token = next(v for v in pod["volumes"] if v["name"] == "conveyor-token")
+        assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "conveyor.dev"
+        assert env_of(container)["CONVEYOR_PROGRESS_URL"] == SETTINGS.progress_url
+
+
+def test_no_progress_url_means_no_token() -> None:
+    pod = b.workload_job(owner(), b.Settings(), PREPARE)["spec"]["template"]["spec"]
+    assert all(v["name"] != "conveyor-token" for v in pod["volumes"])
+    assert pod["containers"][0]["image"] == b.DEFAULT_IMAGE
+
+
+def test_pod_failure_policy() -> None:
+    rules = b.workload_job(owner(), SETTINGS, trial())["spec"]["podFailurePolicy"]["rules"]
+    disruption = [{"type": "DisruptionTarget", "status": "True"}]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": disruption}
+    assert rules[1]["action"] == "FailJob"
+    assert rules[1]["onExitCodes"] == {"containerName": "trainer", "operator": "In", "values": [2]}
+
+
+@pytest.mark.parametrize(
+    ("uri", "claim", "sub_path", "root", "env_from"),
+    [
+        ("pvc://conveyor-artifacts", "conveyor-artifacts", None, "/artifacts/digits", False),
+        ("pvc://shared/teams/a", "shared", "teams/a", "/artifacts/digits", False),
+        ("s3://bucket/prefix/", None, None, "s3://bucket/prefix/digits", True),
+        (None, None, None, "/artifacts/digits", False),
+    ],
+)
+def test_storage(uri: str | None, claim: str | None, sub_path: str | None, root: str, env_from: bool) -> None:
+    store = b.storage(owner({"storage": {"uri": uri} if uri else {}}))
+    assert store.root == root
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in store.volumes if "persistentVolumeClaim" in v]
+    assert claims == ([claim] if claim else [])
+    if claim:
+        assert store.mounts[0].get("subPath") == sub_path
+    assert bool(store.env_from) is env_from
+
+
+def test_scheduling_pass_through_and_kueue() -> None:
+    scheduling = {
+        "image": "my/trainer:2",
+        "imagePullPolicy": "IfNotPresent",
+        "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {}},
+        "priorityClassName": "high",
+        "schedulerName": "volcano",
+        "queueName": "team-a",
+        "serviceAccountName": "trainer",
+        "labels": {"team": "a"},
+        "annotations": {"conveyor.dev/sim-exit-code": "0"},
+    }
+    job = b.workload_job(owner({"scheduling": scheduling}), SETTINGS, trial(gpu=1))
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "my/trainer:2"
+    assert pod["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+    assert pod["nodeSelector"] == scheduling["nodeSelector"]
+    assert pod["tolerations"] == scheduling["tolerations"]
+    assert pod["priorityClassName"] == "high" and pod["schedulerName"] == "volcano"
+    assert pod["serviceAccountName"] == "trainer"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["team"] == "a"
+    assert job["spec"]["template"]["metadata"]["annotations"] == {"conveyor.dev/sim-exit-code": "0"}
+    plain = b.workload_job(owner(), SETTINGS, trial())
+    assert "suspend" not in plain["spec"] and "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
+
+
+def test_labels_and_owner_references() -> None:
+    job = b.workload_job(owner(), SETTINGS, trial(attempt=2))
+    meta = job["metadata"]
+    assert meta["name"] == "digits-trial-0003-2"
+    assert meta["namespace"] == "ml"
+    assert meta["labels"]["conveyor.dev/pipeline"] == "digits"
+    assert meta["labels"]["conveyor.dev/workload"] == "trial-0003"
+    assert meta["labels"]["conveyor.dev/attempt"] == "2"
+    assert meta["labels"]["app.kubernetes.io/managed-by"] == "conveyor-operator"
+    assert meta["labels"]["app.kubernetes.io/component"] == "tune"
+    (ref,) = meta["ownerReferences"]
+    assert ref == {
+        "apiVersion": "conveyor.dev/v1alpha1", "kind": "TrainingPipeline", "name": "digits",
+        "uid": "uid-1", "controller": True, "blockOwnerDeletion": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("parts", "expected_len"),
+    [(("digits", "trial-0003-0"), 19), (("x" * 80, "trial-0003-0"), 52), (("9lives", "prepare-0"), 18)],
+)
+def test_names_fit(parts: tuple[str, str], expected_len: int) -> None:
+    name = b.dns_name(*parts, limit=52)
+    assert len(name) == expected_len
+    assert name[0].isalpha() and name == name.lower()
+    assert b.dns_name(*parts, limit=52) == name  # stable
+
+
+def test_long_pipeline_names_keep_hostnames_short() -> None:
+    job = b.workload_job(owner(name="p" * 200), SETTINGS, trial())
+    assert len(job["metadata"]["name"]) <= 52
+    assert len(job["metadata"]["labels"]["conveyor.dev/pipeline"]) <= 63
+
+
+@pytest.mark.parametrize(
+    ("serving", "kinds", "replicas"),
+    [
+        (ServingSpec(replicas=2, quantization="int8"), ["Deployment", "Service"], 2),
+        (
+            ServingSpec(replicas=1, autoscaling=AutoscalingSpec(min_replicas=1, max_replicas=3)),
+            ["Deployment", "Service", "HorizontalPodAutoscaler"],
+            None,
+        ),
+    ],
+)
+def test_serving_objects(serving: ServingSpec, kinds: list[str], replicas: int | None) -> None:
+    objects = b.serving_objects(owner(), SETTINGS, "ensemble", serving)
+    assert [o["kind"] for o in objects] == kinds
+    deployment = objects[0]
+    assert deployment["spec"].get("replicas") == replicas
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert "/artifacts/digits/ensemble" in container["args"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= (
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert objects[1]["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert b.serving_url(owner(), serving) == "http://digits-serve.ml.svc:8080"
+    if len(objects) == 3:
+        assert objects[2]["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
