@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Module names under conveyor.commands, in the order `conveyor --help` lists them.
-COMMANDS = ("run",)
+COMMANDS = ("run", "validate", "crd")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,8 +38,17 @@ def owner(overrides: dict[str, Any] | None = None, name: str = "digits") -> b.Ow
 
 def trial(workers: int = 2, gpu: int = 0, attempt: int = 0, procs: int = 1) -> Workload:
     return Workload(
-        "trial-0003", "tune", "train", "trials/trial-0003", attempt=attempt, config={"a": 1},
-        trial=3, distributed=True, workers=workers, processes_per_worker=procs, gpu=gpu,
+        "trial-0003",
+        "tune",
+        "train",
+        "trials/trial-0003",
+        attempt=attempt,
+        config={"a": 1},
+        trial=3,
+        distributed=True,
+        workers=workers,
+        processes_per_worker=procs,
+        gpu=gpu,
     )
 
 
@@ -213,8 +222,12 @@ def test_labels_and_owner_references() -> None:
     assert meta["labels"]["app.kubernetes.io/component"] == "tune"
     (ref,) = meta["ownerReferences"]
     assert ref == {
-        "apiVersion": "conveyor.dev/v1alpha1", "kind": "TrainingPipeline", "name": "digits",
-        "uid": "uid-1", "controller": True, "blockOwnerDeletion": True,
+        "apiVersion": "conveyor.dev/v1alpha1",
+        "kind": "TrainingPipeline",
+        "name": "digits",
+        "uid": "uid-1",
+        "controller": True,
+        "blockOwnerDeletion": True,
     }
 
 

@@ -157,7 +157,10 @@ def parse(document: dict[str, Any], source: str | None = None) -> TrainingPipeli
 def load_manifest(path_or_text: str | Path) -> list[TrainingPipeline]:
     """Every TrainingPipeline in a YAML file or text (documents separated by ---)."""
     source: str | None = None
-    if isinstance(path_or_text, Path) or ("\n" not in path_or_text and Path(path_or_text).is_file()):
+    looks_like_path = isinstance(path_or_text, str) and "\n" not in path_or_text and ":" not in path_or_text
+    if looks_like_path and not Path(path_or_text).is_file():
+        raise FileNotFoundError(f"{path_or_text}: no such file")
+    if isinstance(path_or_text, Path) or looks_like_path:
         source = str(path_or_text)
         text = Path(path_or_text).read_text()
     else:

@@ -543,7 +543,11 @@ def _tune(ctx: _Ctx) -> bool:
         study = Study(tuning, st.trials, ctx.spec.task.maximize, max_epochs, _sampler_state(st))
         while active < tuning.parallelism and len(st.trials) < planned:
             number = len(st.trials)
-            params, attrs, large = study.ask(number)
+            try:
+                params, attrs, large = study.ask(number)
+            except ImportError as error:  # cmaes needs the `cmaes` package next to optuna
+                _fail(ctx, "SamplerUnavailable", f"{tuning.algorithm}: {error}", "tune")
+                return False
             st.trials.append(
                 TrialStatus(name=trial_name(number), number=number, params=params, attrs=attrs or None)
             )

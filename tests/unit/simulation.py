@@ -1,0 +1,161 @@
+"""A fake executor for engine tests: turns actions into synthetic observations, one epoch per tick.
+
+Metrics are a deterministic function of the trial's parameters, so tests can reason about which
+trials are good (learning rates near 1e-2.5 and small dropout win) and about pruning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from conveyor.operator.api.spec import TrainingPipelineSpec
+from conveyor.operator.api.status import PipelineStatus
+from conveyor.operator.engine import (
+    Decision,
+    EpochReport,
+    Observations,
+    ServingObservation,
+    StartServing,
+    StartWorkload,
+    StopServing,
+    StopWorkload,
+    WorkloadObservation,
+    reconcile,
+)
+from conveyor.operator.workloads import Workload
+
+T0 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+
+
+def quality(params: dict[str, Any]) -> float:
+    lr = float(params.get("optimizer.learningRate", 1e-3))
+    dropout = float(params.get("model.dropout", 0.1))
+    batch = float(params.get("training.batchSize", 64))
+    score = 0.97 - 0.04 * (math.log10(lr) + 2.5) ** 2 - 0.1 * dropout - 0.0001 * abs(batch - 64)
+    return max(0.05, min(0.995, score))
+
+
+def curve(final: float, epoch: int) -> float:
+    return round(final * (1 - 0.5 ** (epoch + 1)), 6)
+
+
+@dataclass
+class Run:
+    workload: Workload
+    epoch: int = 0
+    state: str = "running"
+    result: dict[str, Any] | None = None
+    reports: list[EpochReport] = field(default_factory=list)
+
+
+@dataclass
+class FakeExecutor:
+    spec: TrainingPipelineSpec
+    fail: set[str] = field(default_factory=set)  # workload keys (name-attempt) that fail at their end
+    test_metric: float = 0.98
+    epochs: int = 4
+    runs: dict[str, Run] = field(default_factory=dict)  # by workload name: the latest attempt
+    started: list[str] = field(default_factory=list)  # every key ever started
+    duplicates: list[str] = field(default_factory=list)
+    serving: ServingObservation | None = None
+    stops: list[tuple[str, str]] = field(default_factory=list)
+
+    def apply(self, decision: Decision) -> None:
+        for action in decision.actions:
+            if isinstance(action, StartWorkload):
+                key = action.workload.key
+                if key in self.started:
+                    self.duplicates.append(key)
+                    continue
+                self.started.append(key)
+                self.runs[action.workload.name] = Run(action.workload)
+            elif isinstance(action, StopWorkload):
+                run = self.runs.get(action.name)
+                self.stops.append((action.name, action.reason))
+                if run is not None and run.workload.attempt == action.attempt and run.state == "running":
+                    run.state = "failed"
+            elif isinstance(action, StartServing):
+                self.serving = ServingObservation(ready=True, model=action.model, url="http://127.0.0.1:8080")
+            elif isinstance(action, StopServing):
+                self.serving = ServingObservation(ready=False)
+
+    def _finish(self, run: Run) -> None:
+        w = run.workload
+        if w.key in self.fail:
+            run.state = "failed"
+            return
+        run.state = "succeeded"
+        metric = self.spec.task.metric
+        if w.command == "train":
+            value = curve(quality(dict(w.params)), run.epoch)
+            run.result = {
+                "status": "succeeded",
+                "objective": {"metric": metric, "value": value},
+                "metrics": {metric: value},
+            }
+        elif w.command == "evaluate":
+            run.result = {"status": "succeeded", "metrics": {metric: self.test_metric, "loss": 0.1}}
+        else:
+            run.result = {"status": "succeeded", "metrics": {}}
+
+    def tick(self) -> None:
+        for run in self.runs.values():
+            if run.state != "running":
+                continue
+            if run.workload.command != "train":
+                self._finish(run)
+                continue
+            run.epoch += 1
+            value = curve(quality(dict(run.workload.params)), run.epoch)
+            run.reports.append(EpochReport(run.epoch, {self.spec.task.metric: value}, self.epochs))
+            if run.epoch >= self.epochs:
+                self._finish(run)
+
+    def observations(self) -> Observations:
+        seen = {
+            name: WorkloadObservation(
+                state=run.state,  # type: ignore[arg-type]
+                attempt=run.workload.attempt,
+                epochs=tuple(run.reports),
+                result=run.result,
+            )
+            for name, run in self.runs.items()
+        }
+        return Observations(workloads=seen, serving=self.serving)
+
+
+def roundtrip(status: PipelineStatus) -> PipelineStatus:
+    """What the API server gives back: the status as JSON, nothing else survives."""
+    return PipelineStatus.model_validate(json.loads(json.dumps(status.to_wire())))
+
+
+def simulate(
+    spec: TrainingPipelineSpec,
+    executor: FakeExecutor | None = None,
+    steps: int = 400,
+    status: PipelineStatus | None = None,
+    repeat_every: int = 0,
+    until: tuple[str, ...] = ("Succeeded", "Failed"),
+) -> tuple[PipelineStatus, FakeExecutor, list[Decision]]:
+    """Reconcile, apply, tick, with the status round-tripped through JSON at every step (the engine
+    keeps no memory). `repeat_every` > 0 also replays a reconcile on the stale status (a lost write)."""
+    executor = executor or FakeExecutor(spec)
+    decisions = []
+    now = T0
+    for step in range(steps):
+        decision = reconcile(spec, status, executor.observations(), now, generation=1)
+        if repeat_every and step % repeat_every == 0:
+            executor.apply(reconcile(spec, status, executor.observations(), now, generation=1))
+        decisions.append(decision)
+        executor.apply(decision)
+        status = roundtrip(decision.status)
+        if status.phase in until or (status.phase == "Serving" and status.serving and status.serving.ready):
+            break
+        executor.tick()
+        now += timedelta(seconds=10)
+    assert status is not None
+    return status, executor, decisions

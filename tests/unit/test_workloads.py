@@ -1,0 +1,148 @@
+"""The workload contract: trainer command lines and the torchrun environment."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conveyor.operator.workloads import (
+    Workload,
+    command_argv,
+    serve_argv,
+    torchrun_argv,
+    torchrun_env,
+    trainer_argv,
+)
+from conveyor.trainer.config import ServingSpec
+
+TRIAL = Workload(
+    "trial-0007",
+    "tune",
+    "train",
+    "trials/trial-0007",
+    attempt=1,
+    config={"model": {"dropout": 0.2}},
+    trial=7,
+    params={"model.dropout": 0.2},
+    distributed=True,
+    workers=2,
+    processes_per_worker=2,
+    cpu="4",
+)
+
+
+@pytest.mark.parametrize(
+    ("workload", "expected"),
+    [
+        (
+            Workload("prepare", "prepare", "prepare", "data", config={"a": 1}),
+            ["prepare", "--config", '{"a":1}', "--out", "/runs/x/data"],
+        ),
+        (
+            TRIAL,
+            [
+                "train",
+                "--config",
+                '{"model":{"dropout":0.2}}',
+                "--data",
+                "/runs/x/data",
+                "--out",
+                "/runs/x/trials/trial-0007",
+            ],
+        ),
+        (
+            Workload("evaluate-model", "evaluate", "evaluate", "evaluation/model", models=("model",)),
+            [
+                "evaluate",
+                "--model",
+                "/runs/x/model",
+                "--data",
+                "/runs/x/data",
+                "--out",
+                "/runs/x/evaluation/model",
+            ],
+        ),
+        (
+            Workload(
+                "ensemble",
+                "ensemble",
+                "ensemble",
+                "ensemble",
+                models=("trials/trial-0001", "trials/trial-0003"),
+                method="hardVoting",
+            ),
+            [
+                "ensemble",
+                "--method",
+                "hardVoting",
+                "--data",
+                "/runs/x/data",
+                "--out",
+                "/runs/x/ensemble",
+                "--members",
+                "/runs/x/trials/trial-0001",
+                "/runs/x/trials/trial-0003",
+            ],
+        ),
+    ],
+    ids=["prepare", "train", "evaluate", "ensemble"],
+)
+def test_trainer_argv(workload: Workload, expected: list[str]) -> None:
+    assert trainer_argv(workload, "/runs/x") == expected
+
+
+def test_config_travels_as_json_not_templating() -> None:
+    argv = trainer_argv(TRIAL, "")
+    assert json.loads(argv[argv.index("--config") + 1]) == {"model": {"dropout": 0.2}}
+    assert argv[-1] == "trials/trial-0007"
+
+
+def test_torchrun_env_contract() -> None:
+    env = torchrun_env(TRIAL, "digits-trial-0007-0.digits", 29500, node_rank=1)
+    assert env["PET_NNODES"] == "2" and env["PET_NPROC_PER_NODE"] == "2" and env["PET_NODE_RANK"] == "1"
+    assert env["PET_MASTER_ADDR"] == env["MASTER_ADDR"] == "digits-trial-0007-0.digits"
+    assert env["PET_MASTER_PORT"] == env["MASTER_PORT"] == "29500"
+    assert env["WORLD_SIZE"] == "4" and env["PYTHONUNBUFFERED"] == "1"
+    assert env["PET_RDZV_BACKEND"] == "static" and "timeout=" in env["PET_RDZV_CONF"]
+    assert env["PET_MAX_RESTARTS"] == "0"
+    assert env["OMP_NUM_THREADS"] == "2"  # 4 CPUs shared by 2 processes
+    assert env["CONVEYOR_WORKLOAD"] == "trial-0007" and env["CONVEYOR_ATTEMPT"] == "1"
+
+
+def test_user_env_cannot_override_the_contract() -> None:
+    workload = Workload(
+        "train",
+        "train",
+        "train",
+        "model",
+        distributed=True,
+        env=(("MASTER_PORT", "1"), ("HF_HOME", "/cache")),
+    )
+    env = torchrun_env(workload, "127.0.0.1")
+    assert env["MASTER_PORT"] == "29500" and env["HF_HOME"] == "/cache"
+
+
+def test_torchrun_argv() -> None:
+    argv = torchrun_argv(TRIAL, "/runs/x", "127.0.0.1", 29511, node_rank=1, python="/venv/bin/python")
+    assert argv[:3] == ["/venv/bin/python", "-m", "torch.distributed.run"]
+    flags = dict(zip(argv[3:17:2], argv[4:18:2], strict=True))
+    assert flags["--nnodes"] == "2" and flags["--nproc-per-node"] == "2" and flags["--node-rank"] == "1"
+    assert flags["--master-addr"] == "127.0.0.1" and flags["--master-port"] == "29511"
+    module = argv.index("-m", 3)
+    assert argv[module + 1] == "conveyor.trainer" and argv[module + 2] == "train"
+
+
+def test_command_argv_picks_torchrun_only_for_distributed() -> None:
+    argv, env = command_argv(TRIAL, "/r")
+    assert "torch.distributed.run" in argv and "PET_NNODES" in env
+    single = Workload("prepare", "prepare", "prepare", "data", config={}, cpu="500m")
+    argv, env = command_argv(single, "/r")
+    assert argv[:3] == ["python", "-m", "conveyor.trainer"] and "PET_NNODES" not in env
+    assert env["OMP_NUM_THREADS"] == "1"
+
+
+def test_serve_argv() -> None:
+    argv = serve_argv("ensemble", ServingSpec(quantization="int8", max_batch_size=16), "/r", port=9000)
+    assert argv[:3] == ["serve", "--model", "/r/ensemble"]
+    assert argv[argv.index("--port") + 1] == "9000" and argv[argv.index("--quantization") + 1] == "int8"
