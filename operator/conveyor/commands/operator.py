@@ -1,0 +1,65 @@
+"""`conveyor operator`: run the Kubernetes operator against the current kubeconfig (or in-cluster).
+
+This is exactly what the Helm chart's Deployment runs. Cluster-wide by default; `--namespace` (once or
+more) watches only those namespaces, which the chart's namespaced RBAC mode needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "operator", help="run the Kubernetes operator", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    env = os.environ.get
+    parser.add_argument("--kubeconfig", default=env("KUBECONFIG") or None, help="default: in-cluster")
+    parser.add_argument(
+        "-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable)"
+    )
+    parser.add_argument(
+        "--image", default=env("CONVEYOR_TRAINER_IMAGE"), help="default trainer image for pipelines"
+    )
+    parser.add_argument("--image-pull-policy", default=env("CONVEYOR_IMAGE_PULL_POLICY"))
+    parser.add_argument(
+        "--progress-url", default=env("CONVEYOR_PROGRESS_URL"),
+        help="URL pods POST epoch events to (this operator's progress Service); unset: no live progress",
+    )
+    parser.add_argument("--progress-port", type=int, default=8081)
+    parser.add_argument("--metrics-port", type=int, default=8080, help="0 disables /metrics")
+    parser.add_argument("--health-port", type=int, default=8082, help="0 disables /healthz")
+    parser.add_argument("--resync", type=float, default=5.0, help="seconds between looks at active pipelines")
+    parser.add_argument("--workers", type=int, default=4, help="pipelines reconciled concurrently")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    import logging
+
+    from conveyor.operator.kubernetes import builders
+    from conveyor.operator.kubernetes.operator import OperatorConfig, run
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    if not args.verbose:
+        logging.getLogger("kopf").setLevel(logging.WARNING)
+    config = OperatorConfig(
+        namespaces=tuple(args.namespace),
+        image=args.image or builders.DEFAULT_IMAGE,
+        image_pull_policy=args.image_pull_policy,
+        progress_url=args.progress_url or None,
+        progress_port=args.progress_port,
+        metrics_port=args.metrics_port or None,
+        health_port=args.health_port or None,
+        resync_seconds=args.resync,
+        workers=args.workers,
+        kubeconfig=args.kubeconfig,
+    )
+    run(config)
+    return 0

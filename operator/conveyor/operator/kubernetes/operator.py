@@ -1,0 +1,316 @@
+"""The Conveyor operator: kopf watches, one work queue, and the engine deciding every step.
+
+kopf supplies the watches (TrainingPipelines, and the Jobs and Pods the operator created) and its
+event loop; the reconcile itself is the controller-runtime pattern, as in Kubeflow Trainer's thin
+reconcile: each change enqueues the pipeline's key, a few workers take keys (one key is never
+processed twice at once), and a step is
+
+    GET the pipeline -> observe its children -> engine.reconcile -> PATCH /status (only when it
+    changed) -> apply the actions -> requeue after `requeue_after` or the resync interval.
+
+Why these choices:
+- kopf's event handlers, not its daemons or change handlers: those need finalizers and kopf's own
+  annotations on the object; with plain event watches a pipeline deleted while the operator is down
+  is simply gone, and the garbage collector removes its children through owner references.
+- Status is written BEFORE the actions are applied. A crash in between leaves a workload that status
+  calls started but that has no Job: the executor reports it `lost` and the engine starts its next
+  attempt. The other order could re-ask Optuna for a trial whose Job already runs with other params.
+  Everything comes from status, so a restarted operator continues every pipeline where it was.
+- All Kubernetes I/O is synchronous client code run in worker threads (`asyncio.to_thread`), so the
+  event loop stays free for watches and the progress endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from conveyor.operator.api import GROUP, PLURAL, VERSION
+from conveyor.operator.api.resource import ManifestError, parse
+from conveyor.operator.api.status import PipelineStatus
+from conveyor.operator.engine import reconcile
+from conveyor.operator.kubernetes import builders
+from conveyor.operator.kubernetes.executor import PATHS, Api, ApiError, KubernetesExecutor, owner_of
+from conveyor.operator.kubernetes.metrics import Metrics
+from conveyor.operator.kubernetes.statusserver import ProgressServer, ProgressStore, serve
+
+log = logging.getLogger("conveyor.operator")
+
+Key = tuple[str, str]  # namespace, name
+FINISHED = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    namespaces: tuple[str, ...] = ()  # empty: cluster-wide
+    image: str = builders.DEFAULT_IMAGE
+    image_pull_policy: str | None = None
+    progress_url: str | None = None  # what pods POST to; None: no progress endpoint
+    progress_port: int = 8081
+    metrics_port: int | None = 8080
+    health_port: int | None = 8082
+    resync_seconds: float = 5.0
+    workers: int = 4
+    kubeconfig: str | None = None
+
+
+def api_client(kubeconfig: str | None = None) -> Any:
+    from kubernetes import client, config
+
+    if kubeconfig or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return config.new_client_from_config(config_file=kubeconfig)
+    configuration = client.Configuration()
+    config.load_incluster_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+@dataclass
+class Controller:
+    """The work queue and the reconcile step for every pipeline the operator watches."""
+
+    api: Api
+    config: OperatorConfig
+    metrics: Metrics = field(default_factory=Metrics)
+    store: ProgressStore = field(default_factory=ProgressStore)
+    queue: asyncio.Queue[Key] | None = None
+    queued: set[Key] = field(default_factory=set)
+    running: set[Key] = field(default_factory=set)
+    dirty: set[Key] = field(default_factory=set)
+    timers: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
+    names: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, label value) -> name
+    statuses: dict[Key, PipelineStatus] = field(default_factory=dict)
+    loop: asyncio.AbstractEventLoop | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.executor = KubernetesExecutor(
+            self.api,
+            builders.Settings(
+                image=self.config.image,
+                image_pull_policy=self.config.image_pull_policy,
+                progress_url=self.config.progress_url,
+            ),
+            self.store.lookup,
+        )
+        self.api.on_error = lambda verb: self.metrics.api_errors.labels(verb).inc()
+        self.store.notify = self.enqueue_threadsafe
+
+    # --- queue ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue = asyncio.Queue()
+        self.tasks = [asyncio.create_task(self._work()) for _ in range(self.config.workers)]
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def enqueue(self, key: Key, delay: float = 0.0) -> None:
+        if self.loop is None or self.queue is None:
+            return
+        if delay > 0:
+            timer = self.timers.pop(key, None)
+            if timer is not None:
+                timer.cancel()
+            self.timers[key] = self.loop.call_later(delay, self.enqueue, key)
+            return
+        if key in self.running:
+            self.dirty.add(key)
+        elif key not in self.queued:
+            self.queued.add(key)
+            self.queue.put_nowait(key)
+
+    def enqueue_threadsafe(self, namespace: str, pipeline_label: str) -> None:
+        name = self.names.get((namespace, pipeline_label), pipeline_label)
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.enqueue, (namespace, name))
+
+    def forget(self, key: Key) -> None:
+        timer = self.timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self.store.forget(*key)
+        self.statuses.pop(key, None)
+        self.metrics.record(key, None, None)
+
+    async def _work(self) -> None:
+        assert self.queue is not None
+        while True:
+            key = await self.queue.get()
+            self.queued.discard(key)
+            self.running.add(key)
+            delay: float | None = None
+            started = time.monotonic()
+            try:
+                delay = await asyncio.to_thread(self.step, key)
+                self.metrics.reconciles.labels("ok").inc()
+            except Exception:
+                log.exception("reconcile of %s/%s failed; retrying", *key)
+                self.metrics.reconciles.labels("error").inc()
+                delay = 5.0
+            finally:
+                self.metrics.latency.observe(time.monotonic() - started)
+                self.running.discard(key)
+            if key in self.dirty:
+                self.dirty.discard(key)
+                self.enqueue(key)
+            elif delay is not None:
+                self.enqueue(key, max(0.05, delay))
+
+    # --- one reconcile ----------------------------------------------------------------------------
+
+    def step(self, key: Key) -> float | None:
+        """Observe, decide, write status, act. Returns when to look again (None: only on changes)."""
+        namespace, name = key
+        path = PATHS["TrainingPipeline"].format(ns=namespace) + f"/{name}"
+        try:
+            body = self.api.get(path)
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+        meta = body["metadata"]
+        if meta.get("deletionTimestamp"):
+            return None
+        self.names[(namespace, builders.label_value(name))] = name
+        old_wire = body.get("status") or None
+        try:
+            pipeline = parse(body)
+        except ManifestError as error:
+            invalid = {"phase": "Failed", "reason": "InvalidSpec", "message": str(error)[:4096]}
+            if {k: (old_wire or {}).get(k) for k in invalid} != invalid:
+                self.executor.patch_status(namespace, name, {**(old_wire or {}), **invalid})
+            return None
+        status = pipeline.status
+        owner = owner_of(body, pipeline.spec)
+        observations, _ = self.executor.observe(owner, status)
+        decision = reconcile(
+            pipeline.spec, status, observations, datetime.now(UTC), generation=meta.get("generation")
+        )
+        new_wire = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if new_wire != old_wire:
+            self.executor.patch_status(namespace, name, new_wire)
+        self.executor.apply(owner, body, decision.actions)
+        self.metrics.record(key, status, decision.status)
+        self.statuses[key] = decision.status
+        delays = [d for d in (decision.requeue_after,) if d is not None]
+        if decision.status.phase not in FINISHED:
+            delays.append(self.config.resync_seconds)
+        return min(delays) if delays else None
+
+
+def pipeline_key_of(body: Mapping[str, Any]) -> Key | None:
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == "TrainingPipeline" and ref.get("apiVersion", "").startswith(GROUP + "/"):
+            return body["metadata"]["namespace"], ref["name"]
+    return None
+
+
+def registry_for(controller: Controller) -> kopf.OperatorRegistry:
+    """kopf handlers bound to `controller` (an explicit registry: no module-level globals)."""
+    registry = kopf.OperatorRegistry()
+    config = controller.config
+    runners: list[Any] = []
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        if config.kubeconfig:
+            os.environ["KUBECONFIG"] = config.kubeconfig
+            return kopf.login_with_kubeconfig(**kwargs)
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.peering.standalone = True
+        settings.posting.enabled = False  # Events come from the engine's Emit actions
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        await controller.start()
+        if config.metrics_port:
+            controller.metrics.serve(config.metrics_port)
+        if config.progress_url:
+            server = ProgressServer(controller.store, review_token(controller.api), read_pod(controller.api))
+            runners.append(await serve(server, "0.0.0.0", config.progress_port))
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await controller.stop()
+        for runner in runners:
+            await runner.cleanup()
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def pipeline_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+        key = (namespace or "", name)
+        if type == "DELETED":
+            controller.forget(key)
+        else:
+            controller.enqueue(key)
+
+    managed = {"app.kubernetes.io/managed-by": builders.FIELD_MANAGER}
+
+    @kopf.on.event("batch", "v1", "jobs", labels=managed, registry=registry)
+    def job_event(body: Mapping[str, Any], **_: Any) -> None:
+        key = pipeline_key_of(body)
+        if key is not None:
+            controller.enqueue(key)
+
+    @kopf.on.event("v1", "pods", labels=managed, registry=registry)
+    def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+        value = labels.get(builders.LABEL_PIPELINE)
+        if value and namespace:
+            controller.enqueue((namespace, controller.names.get((namespace, value), value)))
+
+    return registry
+
+
+def review_token(api: Api) -> Any:
+    def review(token: str) -> Mapping[str, Any] | None:
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": [builders.TOKEN_AUDIENCE]},
+        }
+        reply = api.request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body)
+        status: Mapping[str, Any] | None = (reply or {}).get("status")
+        if status and builders.TOKEN_AUDIENCE not in (status.get("audiences") or []):
+            return None
+        return status
+
+    return review
+
+
+def read_pod(api: Api) -> Any:
+    def read(namespace: str, name: str) -> Mapping[str, Any] | None:
+        try:
+            pod: Mapping[str, Any] = api.get(PATHS["Pod"].format(ns=namespace) + f"/{name}")
+        except ApiError:
+            return None
+        return pod
+
+    return read
+
+
+def run(config: OperatorConfig) -> None:
+    """Run the operator until interrupted (what `conveyor operator` and the chart's Deployment do)."""
+    controller = Controller(Api(api_client(config.kubeconfig)), config)
+    registry = registry_for(controller)
+    kopf.run(
+        registry=registry,
+        standalone=True,
+        clusterwide=not config.namespaces,
+        namespaces=list(config.namespaces),
+        liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None,
+    )

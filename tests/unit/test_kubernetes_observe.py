@@ -1,0 +1,186 @@
+"""Table tests for the pure parts of the Kubernetes executor and the progress endpoint: Jobs and pods
+(API dicts) -> WorkloadObservation, Deployment -> ServingObservation, token identity and rate limits."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from conveyor.operator.kubernetes import executor as ex
+from conveyor.operator.kubernetes import statusserver as ss
+
+RESULT = {"event": "result", "status": "succeeded", "objective": {"metric": "accuracy", "value": 0.97}}
+
+
+def job(*conditions: tuple[str, str]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "digits-trial-0001-0"},
+        "status": {
+            "startTime": "2026-01-01T00:00:00Z",
+            "conditions": [
+                {"type": t, "status": "True", "reason": r, "lastTransitionTime": "2026-01-01T00:01:00Z"}
+                for t, r in conditions
+            ],
+        },
+    }
+
+
+def pod(index: int, phase: str, state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
+        "status": {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]},
+    }
+
+
+def done(code: int, message: str = "", reason: str | None = None) -> dict[str, Any]:
+    reason = reason or ("Error" if code else "Completed")
+    return {"terminated": {"exitCode": code, "reason": reason, "message": message}}
+
+
+OK_MSG = json.dumps(RESULT)
+
+
+@pytest.mark.parametrize(
+    ("the_job", "pods", "state", "reason", "has_result"),
+    [
+        (None, [], "lost", None, False),
+        (job(), [], "pending", None, False),
+        (
+            job(),
+            [pod(0, "Pending", {"waiting": {"reason": "ImagePullBackOff"}})],
+            "pending",
+            "ImagePullBackOff",
+            False,
+        ),
+        (
+            job(),
+            [pod(0, "Running", {"running": {}}), pod(1, "Running", {"running": {}})],
+            "running",
+            None,
+            False,
+        ),
+        (
+            job(),
+            [pod(0, "Succeeded", done(0, OK_MSG)), pod(1, "Running", {"running": {}})],
+            "running",
+            None,
+            True,
+        ),
+        (
+            job(("Complete", "")),
+            [pod(1, "Succeeded", done(0)), pod(0, "Succeeded", done(0, OK_MSG))],
+            "succeeded",
+            None,
+            True,
+        ),
+        (job(("Complete", "")), [pod(0, "Succeeded", done(0))], "failed", "NoResult", False),
+        (
+            job(("Failed", "BackoffLimitExceeded")),
+            [pod(0, "Failed", done(137, "", "OOMKilled"))],
+            "failed",
+            "OOMKilled",
+            False,
+        ),
+        (
+            job(("Failed", "PodFailurePolicy")),
+            [pod(0, "Failed", done(2, "bad column"))],
+            "failed",
+            "ExitCode",
+            False,
+        ),
+        (job(("Failed", "DeadlineExceeded")), [], "failed", "DeadlineExceeded", False),
+    ],
+)
+def test_observe_job(
+    the_job: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    state: str,
+    reason: str | None,
+    has_result: bool,
+) -> None:
+    seen = ex.observe_job(the_job, pods, attempt=0)
+    assert seen.state == state
+    assert seen.reason == reason
+    assert (seen.result is not None) is has_result
+    if the_job is not None:
+        assert seen.started_at is not None
+
+
+def test_failure_message_names_the_exit_code() -> None:
+    seen = ex.observe_job(job(("Failed", "PodFailurePolicy")), [pod(0, "Failed", done(2, "bad column"))], 0)
+    assert seen.message == "container trainer exited with code 2: bad column"
+
+
+@pytest.mark.parametrize(
+    ("status", "ready"),
+    [
+        ({}, False),
+        ({"readyReplicas": 2, "conditions": [{"type": "Available", "status": "True"}]}, True),
+        ({"readyReplicas": 0, "conditions": [{"type": "Available", "status": "False"}]}, False),
+    ],
+)
+def test_observe_deployment(status: dict[str, Any], ready: bool) -> None:
+    deployment = {
+        "spec": {
+            "replicas": 2,
+            "template": {"metadata": {"annotations": {"conveyor.dev/model": "ensemble"}}},
+        },
+        "status": status,
+    }
+    seen = ex.observe_deployment(deployment, "http://x")
+    assert seen is not None and seen.ready is ready and seen.model == "ensemble"
+    assert ex.observe_deployment(None, "http://x") is None
+
+
+def review_for(pod_name: str | None, authenticated: bool = True) -> dict[str, Any]:
+    extra = {"authentication.kubernetes.io/pod-name": [pod_name]} if pod_name else {}
+    return {
+        "authenticated": authenticated,
+        "user": {"username": "system:serviceaccount:ml:default", "extra": extra},
+    }
+
+
+LABELS = {
+    "conveyor.dev/pipeline": "digits",
+    "conveyor.dev/workload": "trial-0001",
+    "conveyor.dev/attempt": "1",
+}
+
+
+@pytest.mark.parametrize(
+    ("review", "labels", "key"),
+    [
+        (review_for("p-0"), LABELS, ("ml", "digits", "trial-0001", 1)),
+        (review_for("p-0", authenticated=False), LABELS, None),
+        (review_for(None), LABELS, None),  # not a pod-bound token
+        (review_for("p-0"), {"app": "other"}, None),  # not a Conveyor workload pod
+    ],
+)
+def test_token_identity(review: dict[str, Any], labels: dict[str, str], key: ss.Key | None) -> None:
+    server = ss.ProgressServer(
+        ss.ProgressStore(), lambda _token: review, lambda ns, name: {"metadata": {"labels": labels}}
+    )
+    assert server.identify("token") == key
+    assert server.identify("token") == key  # cached
+
+
+def test_store_keeps_epochs_by_attempt_and_notifies() -> None:
+    woken: list[tuple[str, str]] = []
+    store = ss.ProgressStore(notify=lambda ns, p: woken.append((ns, p)))
+    key = ("ml", "digits", "trial-0001", 0)
+    for epoch in (2, 1, 2):
+        store.add(key, {"event": "epoch", "epoch": epoch, "epochs": 5, "metrics": {"accuracy": epoch / 10}})
+    store.add(key, {"event": "result"})  # ignored: results travel through termination messages
+    assert [e.epoch for e in store.lookup("ml", "digits", "trial-0001", 0)] == [1, 2]
+    assert store.lookup("ml", "digits", "trial-0001", 1) == ()
+    assert woken == [("ml", "digits")] * 3
+    store.forget("ml", "digits")
+    assert store.lookup("ml", "digits", "trial-0001", 0) == ()
+
+
+def test_rate_limit_bucket() -> None:
+    bucket = ss.Bucket()
+    taken = sum(bucket.take() for _ in range(100))
+    assert ss.BURST <= taken <= ss.BURST + 2
