@@ -57,8 +57,8 @@ from conveyor.trainer.artifacts import (
 from conveyor.trainer.config import OptimizerSpec, ScheduleSpec, TrainerConfig
 from conveyor.trainer.data import DataError
 from conveyor.trainer.data.prepare import load_split
-from conveyor.trainer.metrics import compute_metrics
 from conveyor.trainer.models import build_model
+from conveyor.trainer.validation import validate
 
 SMALL_MODEL_PARAMETERS = 2_000_000
 IN_MEMORY_BYTES = int(os.environ.get("CONVEYOR_IN_MEMORY_BYTES", str(2 << 30)))
@@ -425,34 +425,7 @@ def make_loss(
     return lambda out, y: F.mse_loss(out.float().squeeze(-1) / scale, y / scale)
 
 
-# --- validation and early stopping --------------------------------------------------------------
-
-
-@torch.no_grad()
-def validate(
-    model: nn.Module,
-    meta: DatasetMetadata,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    autocast: Callable[[], Any],
-    batch_size: int,
-) -> dict[str, float]:
-    """Every metric of the task on the whole split, plus `loss` (without label smoothing)."""
-    was_training = model.training
-    model.eval()
-    chunk = max(batch_size, 1024)
-    with autocast():
-        outputs = torch.cat([model(x[i : i + chunk]).float() for i in range(0, x.shape[0], chunk)])
-    model.train(was_training)
-    if meta.task == "classification":
-        loss = F.cross_entropy(outputs, y)
-        scores = torch.softmax(outputs, dim=1).cpu().numpy()
-    else:
-        loss = loss_fn(outputs, y)
-        scores = outputs.squeeze(-1).cpu().numpy()
-    metrics = compute_metrics(meta.task, y.cpu().numpy(), scores, meta.output_size or None)
-    return {"loss": float(loss), **metrics}
+# --- early stopping --------------------------------------------------------------
 
 
 @dataclass

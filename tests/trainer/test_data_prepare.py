@@ -1,0 +1,210 @@
+"""prepare and sources: real scikit-learn data, real files; every bad-data error names problem and fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from training_helpers import cli, config, prepared
+
+from conveyor.trainer.artifacts import read_metadata
+from conveyor.trainer.data import DataError
+from conveyor.trainer.data.prepare import is_complete, load_split, prepare
+from conveyor.trainer.data.sources import load_builtin, resolve_uri
+
+
+def splits(data_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {s: load_split(data_dir, s) for s in ("train", "validation", "test")}
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "shape", "classes"),
+    [
+        ("digits", "classification", [1, 8, 8], 10),
+        ("iris", "classification", [4], 3),
+        ("wine", "classification", [13], 3),
+        ("breast-cancer", "classification", [30], 2),
+        ("diabetes", "regression", [10], 0),
+    ],
+)
+def test_builtin_sets(tmp_path: Path, name: str, task: str, shape: list[int], classes: int) -> None:
+    data_dir = prepared(tmp_path, task={"type": task}, data={"source": f"builtin://{name}"})
+    meta = read_metadata(data_dir)
+    assert meta.feature_shape == shape
+    assert meta.num_classes == classes
+    arrays = splits(data_dir)
+    assert sum(meta.sizes.values()) == sum(len(y) for _, y in arrays.values())
+    for x, y in arrays.values():
+        assert x.dtype == np.float32 and list(x.shape[1:]) == shape
+        assert y.dtype == (np.int64 if task == "classification" else np.float32)
+    if task == "regression":
+        train_y = arrays["train"][1]
+        assert meta.target_normalization.shift[0] == pytest.approx(train_y.mean(), rel=1e-5)
+
+
+def test_split_is_seeded_stratified_and_disjoint(tmp_path: Path) -> None:
+    sections = {"data": {"source": "builtin://iris", "split": {"seed": 7, "validation": 0.2, "test": 0.2}}}
+    first, second = prepared(tmp_path / "a", **sections), prepared(tmp_path / "b", **sections)
+    for s in ("train", "validation", "test"):
+        np.testing.assert_array_equal(load_split(first, s)[0], load_split(second, s)[0])
+    other = prepared(tmp_path / "c", data={**sections["data"], "split": {"seed": 8}})
+    assert not np.array_equal(load_split(first, "test")[0], load_split(other, "test")[0])
+    # Stratified: iris has 50 of each class, so every split holds each class equally (+-1).
+    for s in ("train", "validation", "test"):
+        counts = np.bincount(load_split(first, s)[1], minlength=3)
+        assert counts.max() - counts.min() <= 1, (s, counts)
+    rows = [tuple(r) for s in ("train", "validation", "test") for r in load_split(first, s)[0].round(5)]
+    assert len(rows) == 150
+
+
+def test_normalisation_comes_from_the_train_split_only(tmp_path: Path) -> None:
+    data_dir = prepared(tmp_path, data={"source": "builtin://wine"})
+    meta = read_metadata(data_dir)
+    train_x = load_split(data_dir, "train")[0]
+    np.testing.assert_allclose(train_x.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(train_x.std(axis=0), 1, atol=1e-3)
+    assert np.abs(load_split(data_dir, "test")[0].mean(axis=0)).max() > 1e-3  # not refitted on test
+    assert meta.normalization.method == "standard" and len(meta.normalization.shift) == 13
+
+
+def test_minmax_and_per_channel_image_stats(tmp_path: Path) -> None:
+    data_dir = prepared(
+        tmp_path, data={"source": "builtin://digits", "preprocessing": {"normalize": "minmax"}}
+    )
+    meta = read_metadata(data_dir)
+    assert meta.input_kind == "image" and len(meta.normalization.shift) == 1  # one channel
+    train_x = load_split(data_dir, "train")[0]
+    assert train_x.min() == pytest.approx(0.0) and train_x.max() == pytest.approx(1.0)
+
+
+def test_prepare_is_written_once(tmp_path: Path) -> None:
+    data_dir = prepared(tmp_path, data={"source": "builtin://iris"})
+    stamp = (data_dir / "train.npz").stat().st_mtime_ns
+    # A second prepare (even with another seed) keeps the existing split: every stage sees the same one.
+    prepare(config(data={"source": "builtin://iris", "split": {"seed": 1}}), data_dir)
+    assert (data_dir / "train.npz").stat().st_mtime_ns == stamp
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_string_labels_csv_parquet_and_uris(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60)})
+    frame["species"] = np.where(frame["a"] > 0, "setosa", "virginica")
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    frame.to_parquet(tmp_path / "t.parquet")
+    for source in (str(tmp_path / "t.csv"), f"file://{tmp_path}/t.parquet"):
+        out = tmp_path / source.rsplit(".", 1)[1]
+        meta = prepare(config(data={"source": source, "target": "species"}), out)
+        assert meta.classes == ["setosa", "virginica"] and meta.feature_names == ["a", "b"]
+        _, y = load_split(out, "train")
+        assert set(np.unique(y)) == {0, 1}
+    monkeypatch.setenv("CONVEYOR_PVC_ROOT", str(tmp_path / "mnt"))
+    assert resolve_uri("pvc://claim/sets/t.csv") == str(tmp_path / "mnt" / "claim" / "sets" / "t.csv")
+    (tmp_path / "mnt" / "claim").mkdir(parents=True)
+    (tmp_path / "t.csv").rename(tmp_path / "mnt" / "claim" / "t.csv")
+    meta = prepare(config(data={"source": "pvc://claim/t.csv", "target": "species"}), tmp_path / "pvc")
+    assert meta.sizes["train"] > 0
+
+
+def test_image_folder(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name, value in (("cats", 40), ("dogs", 200)):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(6):
+            pixels = np.clip(value + rng.normal(0, 10, (10, 12)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / name / f"{i}.png")
+    meta = prepare(
+        config(data={"source": str(tmp_path / "images"), "imageSize": 8, "split": {"stratify": False}}),
+        tmp_path / "data",
+    )
+    assert meta.input_kind == "image" and meta.feature_shape == [1, 8, 8] and meta.classes == ["cats", "dogs"]
+    assert sum(meta.sizes.values()) == 12
+
+
+def test_synthetic_kinds_are_deterministic(tmp_path: Path) -> None:
+    for kind, task, shape in (
+        ("classification", "classification", [5]),
+        ("regression", "regression", [5]),
+        ("image", "classification", [1, 6, 6]),
+    ):
+        sections = {
+            "task": {"type": task},
+            "data": {
+                "source": "builtin://synthetic",
+                "synthetic": {"kind": kind, "samples": 100, "features": 5, "imageSize": 6},
+            },
+        }
+        a, b = prepared(tmp_path / kind / "a", **sections), prepared(tmp_path / kind / "b", **sections)
+        assert read_metadata(a).feature_shape == shape
+        np.testing.assert_array_equal(load_split(a, "train")[0], load_split(b, "train")[0])
+
+
+# --- bad data ---------------------------------------------------------------------------------
+
+
+def write_csv(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def bad(tmp_path: Path, source: str, **data: object) -> str:
+    with pytest.raises(DataError) as error:
+        prepare(config(data={"source": source, **data}), tmp_path / "out")
+    assert not is_complete(tmp_path / "out")
+    return str(error.value)
+
+
+def test_missing_target_lists_the_columns(tmp_path: Path) -> None:
+    message = bad(tmp_path, write_csv(tmp_path / "a.csv", "x1,x2,y\n1,2,0\n"), target="label")
+    assert "'label'" in message and "x1, x2, y" in message and "data.target" in message
+
+
+def test_non_numeric_features_are_named(tmp_path: Path) -> None:
+    text = "height,colour,city,label\n" + "".join(f"{i},red,paris,{i % 2}\n" for i in range(20))
+    message = bad(tmp_path, write_csv(tmp_path / "a.csv", text))
+    assert "'colour'" in message and "'city'" in message and "'height'" not in message
+    assert "one-hot" in message
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "a,b,label\n"])
+def test_empty_files(tmp_path: Path, text: str) -> None:
+    message = bad(tmp_path, write_csv(tmp_path / "a.csv", text))
+    assert "empty" in message or "no data rows" in message
+
+
+def test_nans_name_columns_and_counts(tmp_path: Path) -> None:
+    text = "a,b,label\n" + "".join(f"{i},{'' if i < 3 else i},{i % 2}\n" for i in range(20))
+    message = bad(tmp_path, write_csv(tmp_path / "a.csv", text))
+    assert "'b': 3 rows" in message and "'a'" not in message
+
+
+def test_a_class_too_small_to_stratify_is_named(tmp_path: Path) -> None:
+    text = "a,label\n" + "".join(f"{i},{'rare' if i == 0 else i % 2}\n" for i in range(40))
+    message = bad(tmp_path, write_csv(tmp_path / "a.csv", text))
+    assert "'rare' has 1 row" in message and "stratify: false" in message
+
+
+def test_unknown_builtin_and_wrong_task(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"unknown builtin dataset .mnist.*builtin://digits"):
+        load_builtin("mnist", config().data, "classification")
+    message = bad(tmp_path, "builtin://diabetes")
+    assert "regression" in message and "task.type" in message
+
+
+def test_fractional_classification_target_and_missing_file(tmp_path: Path) -> None:
+    text = "a,label\n" + "".join(f"{i},{i * 0.37}\n" for i in range(20))
+    assert "task.type: regression" in bad(tmp_path, write_csv(tmp_path / "a.csv", text))
+    assert "does not exist" in bad(tmp_path, str(tmp_path / "nope.csv"))
+
+
+def test_cli_reports_bad_data_in_one_line_with_status_2(tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "a.csv", "x1,x2\n1,2\n")
+    done = cli("prepare", "--config", json.dumps({"data": {"source": source}}), "--out", tmp_path / "out")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "available columns: x1, x2" in done.stderr
+    done = cli("prepare", "--config", '{"data": {"source": "builtin://mnist"}}', "--out", tmp_path / "out")
+    assert done.returncode == 2 and "data" in done.stderr and "builtin://digits" in done.stderr
