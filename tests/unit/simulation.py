@@ -112,7 +112,8 @@ class FakeExecutor:
             run.epoch += 1
             value = curve(quality(dict(run.workload.params)), run.epoch)
             run.reports.append(EpochReport(run.epoch, {self.spec.task.metric: value}, self.epochs))
-            if run.epoch >= self.epochs:
+            # Failing workloads crash after their first epoch; the others run all their epochs.
+            if run.epoch >= self.epochs or run.workload.key in self.fail:
                 self._finish(run)
 
     def observations(self) -> Observations:

@@ -80,7 +80,7 @@ TRIAL = Workload(
                 "/runs/x/data",
                 "--out",
                 "/runs/x/ensemble",
-                "--members",
+                "--models",
                 "/runs/x/trials/trial-0001",
                 "/runs/x/trials/trial-0003",
             ],

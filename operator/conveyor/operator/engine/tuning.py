@@ -178,7 +178,8 @@ class Study:
             if large.get("trial") == trial.number:
                 extra.update(large.get("attrs", {}))
             self.study.add_trial(_frozen(trial, self.space, extra))
-            self.ids[trial.number] = self.study.trials[-1]._trial_id
+        # Optuna numbers trials in the order they are added, which is their status order.
+        self.ids.update({t.number: t._trial_id for t in self.study.get_trials(deepcopy=False)})
 
     # --- asking -----------------------------------------------------------------------------------
 
