@@ -395,3 +395,16 @@ def test_engine_imports_no_io_libraries() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_grid_search_resumes_without_repeating_a_point() -> None:
+    parameters = [
+        {"name": "optimizer.learningRate", "type": "categorical", "values": [0.001, 0.003, 0.01]},
+        {"name": "training.batchSize", "type": "categorical", "values": [32, 64]},
+    ]
+    spec = make_spec(tuning=small_tuning(algorithm="grid", parameters=parameters, trials=10, parallelism=4))
+    status, executor, _ = simulate(spec, repeat_every=1)
+    points = [tuple(sorted(t.params.items())) for t in status.trials]
+    assert len(points) == 6 == len(set(points))  # the grid caps the study at its size
+    assert executor.duplicates.count("trial-0000-0") <= 1
+    assert status.tuning is not None and status.tuning.trials == 6

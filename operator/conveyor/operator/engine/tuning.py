@@ -6,7 +6,7 @@ pruners keep per trial: the grid id, ASHA/Hyperband rung values, the CMA-ES gene
 new trials or consulted about pruning, and whatever Optuna recorded is written back into status. So a
 restart at any moment repeats nothing and loses nothing.
 
-Determinism: the sampler of trial n is seeded with `seed + n`, and its inputs are exactly what status
+Determinism: the sampler of trial n is seeded with `seed + n` (grid: `seed`, which orders the grid), and its inputs are exactly what status
 holds, so rebuilding and asking again yields the same parameters. Pruning is evaluated epoch by epoch in
 order (the last epoch checked is remembered per trial), exactly as if the trial had called
 `trial.report` + `trial.should_prune` every epoch in one process.
@@ -98,7 +98,9 @@ def make_sampler(tuning: TuningSpec, number: int) -> optuna.samplers.BaseSampler
     if tuning.algorithm == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if tuning.algorithm == "grid":
-        return optuna.samplers.GridSampler(grid(tuning), seed=seed)
+        # The seed shuffles the grid itself: it must stay the same for every ask, or grid ids
+        # recorded by earlier trials would point at other points.
+        return optuna.samplers.GridSampler(grid(tuning), seed=tuning.seed)
     if tuning.algorithm == "cmaes":
         return optuna.samplers.CmaEsSampler(
             seed=seed,

@@ -1,0 +1,190 @@
+"""The Optuna study rebuilt from status: valid and reproducible asks for every algorithm, grid
+coverage, and pruning decisions on crafted per-epoch values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from conveyor.operator.api.spec import TuningSpec
+from conveyor.operator.api.status import TrialStatus
+from conveyor.operator.engine.tuning import Study, distributions, grid_points, planned_trials
+
+MIXED = [
+    {"name": "optimizer.learningRate", "type": "float", "min": 1e-4, "max": 1e-1, "log": True},
+    {"name": "model.layers", "type": "int", "min": 1, "max": 4},
+    {"name": "model.dropout", "type": "float", "min": 0.0, "max": 0.5, "step": 0.1},
+    {"name": "training.batchSize", "type": "categorical", "values": [32, 64, 128]},
+    {"name": "optimizer.name", "type": "categorical", "values": ["adam", "adamw", "sgd"]},
+]
+
+
+def tuning(**changes: Any) -> TuningSpec:
+    fields: dict[str, Any] = {"algorithm": "tpe", "trials": 12, "parallelism": 1, "parameters": MIXED}
+    fields.update(changes)
+    return TuningSpec.model_validate(fields)
+
+
+def run_study(spec: TuningSpec, score: Any = None) -> list[TrialStatus]:
+    """Ask every trial one at a time, finishing each before the next, from a fresh rebuild each time."""
+    trials: list[TrialStatus] = []
+    for number in range(planned_trials(spec)):
+        params, attrs, _ = Study(spec, trials, maximize=True, max_epochs=10).ask(number)
+        value = score(params) if score else 0.5 + 0.01 * number
+        trials.append(
+            TrialStatus(
+                name=f"trial-{number:04d}",
+                number=number,
+                params=params,
+                attrs=attrs or None,
+                state="Succeeded",
+                values=[value],
+                value=value,
+            )
+        )
+    return trials
+
+
+@pytest.mark.parametrize("algorithm", ["random", "tpe", "cmaes"])
+def test_every_algorithm_asks_valid_parameters(algorithm: str) -> None:
+    if algorithm == "cmaes":
+        pytest.importorskip("cmaes")
+    spec = tuning(algorithm=algorithm)
+    space = distributions(spec)
+    trials = run_study(spec, score=lambda p: -abs(p["optimizer.learningRate"] - 0.003))
+    assert len(trials) == 12
+    for trial in trials:
+        assert set(trial.params) == set(space)
+        for name, value in trial.params.items():
+            assert space[name]._contains(space[name].to_internal_repr(value)), (name, value)
+        assert isinstance(trial.params["model.layers"], int)
+        assert round(trial.params["model.dropout"] * 10, 6) == round(trial.params["model.dropout"] * 10)
+
+
+def test_grid_visits_each_point_once_and_caps_trials() -> None:
+    categorical = [p for p in MIXED if p["type"] == "categorical"]
+    spec = tuning(algorithm="grid", trials=50, parameters=categorical)
+    assert planned_trials(spec) == 9
+    trials = run_study(spec)
+    seen = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(seen)) == 9
+    assert set(seen) == {tuple(sorted(p.items())) for p in grid_points(spec)}
+
+
+def test_grid_runs_fewer_trials_than_points_when_asked() -> None:
+    categorical = [p for p in MIXED if p["type"] == "categorical"]
+    spec = tuning(algorithm="grid", trials=4, parameters=categorical)
+    trials = run_study(spec)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+
+
+@pytest.mark.parametrize("algorithm", ["random", "tpe", "grid", "cmaes"])
+def test_asking_again_from_the_same_status_gives_the_same_parameters(algorithm: str) -> None:
+    if algorithm == "cmaes":
+        pytest.importorskip("cmaes")
+    params = MIXED if algorithm != "grid" else [p for p in MIXED if p["type"] == "categorical"]
+    spec = tuning(algorithm=algorithm, parameters=params, trials=9)
+    trials = run_study(spec)[:7]
+    first = Study(spec, trials, maximize=True, max_epochs=10).ask(7)
+    second = Study(spec, trials, maximize=True, max_epochs=10).ask(7)
+    assert first[0] == second[0]
+
+
+def test_seed_changes_the_trials() -> None:
+    a = run_study(tuning(algorithm="random", seed=1, trials=3))
+    b = run_study(tuning(algorithm="random", seed=2, trials=3))
+    assert [t.params for t in a] != [t.params for t in b]
+
+
+def test_tpe_concentrates_on_good_regions() -> None:
+    spec = tuning(algorithm="tpe", trials=30, parameters=[MIXED[0]])
+    trials = run_study(spec, score=lambda p: -abs(p["optimizer.learningRate"] - 0.003) * 100)
+    late = [t.params["optimizer.learningRate"] for t in trials[-10:]]
+    assert sum(0.0005 < lr < 0.02 for lr in late) >= 7
+
+
+# --- pruning ---------------------------------------------------------------------------------------
+
+
+def finished(number: int, values: list[float], state: str = "Succeeded") -> TrialStatus:
+    return TrialStatus(
+        name=f"trial-{number:04d}",
+        number=number,
+        params={"optimizer.learningRate": 0.01},
+        state=state,
+        values=values,
+        value=max(values),
+    )  # type: ignore[arg-type]
+
+
+def running(number: int, values: list[float]) -> TrialStatus:
+    return TrialStatus(
+        name=f"trial-{number:04d}",
+        number=number,
+        params={"optimizer.learningRate": 0.01},
+        state="Running",
+        values=values,
+    )
+
+
+def prune_at(
+    spec: TuningSpec, history: list[TrialStatus], trial: TrialStatus, maximize: bool = True
+) -> int | None:
+    """Replay the history through the pruner first (so ASHA/Hyperband record their rungs), then ask."""
+    replayed: list[TrialStatus] = []
+    for past in history:
+        live = past.model_copy(update={"state": "Running", "value": None})
+        Study(spec, [*replayed, live], maximize, max_epochs=9).check_pruning(live)
+        replayed.append(past.model_copy(update={"attrs": live.attrs}))
+    return Study(spec, [*replayed, trial], maximize, max_epochs=9).check_pruning(trial)
+
+
+ONE = [{"name": "optimizer.learningRate", "type": "float", "min": 1e-4, "max": 1e-1, "log": True}]
+GOOD = [0.80, 0.85, 0.90, 0.92, 0.93, 0.94, 0.95, 0.95, 0.96]
+
+
+@pytest.mark.parametrize(
+    ("pruner", "warmup", "candidate", "expected"),
+    [
+        ("none", 1, [0.1, 0.1, 0.1], None),
+        ("median", 1, [0.1, 0.1, 0.1], 1),
+        ("median", 3, [0.1, 0.1, 0.1], 3),
+        ("median", 1, [0.9, 0.95, 0.97], None),
+        ("asha", 1, [0.1, 0.1, 0.1], 1),
+        ("asha", 1, [0.9, 0.95, 0.97, 0.98], None),
+        ("asha", 2, [0.1, 0.1, 0.1], 2),
+        ("hyperband", 1, [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1], 1),
+        ("hyperband", 1, [0.99] * 9, None),
+    ],
+)
+def test_pruning_decisions(pruner: str, warmup: int, candidate: list[float], expected: int | None) -> None:
+    spec = tuning(pruner=pruner, warmup_epochs=warmup, parameters=ONE, trials=20)
+    # Enough history that each Hyperband bracket holds finished trials to compete with.
+    history = [finished(n, [v - 0.001 * n for v in GOOD]) for n in range(18)]
+    trial = running(18, candidate)
+    pruned = prune_at(spec, history, trial)
+    if pruner == "hyperband" and expected is not None:
+        assert pruned is not None  # the bracket decides the rung; it is pruned at one of them
+    else:
+        assert pruned == expected
+    assert trial.attrs is not None and trial.attrs["conveyor:checked"] == (pruned or len(candidate))
+
+
+def test_pruning_respects_minimisation() -> None:
+    spec = tuning(pruner="median", parameters=ONE, trials=20)
+    history = [finished(n, [1.0, 0.8, 0.6, 0.5]) for n in range(5)]
+    assert prune_at(spec, history, running(5, [0.2, 0.1]), maximize=False) is None
+    assert prune_at(spec, history, running(5, [3.0, 3.0]), maximize=False) == 1
+
+
+def test_pruning_checks_each_epoch_once() -> None:
+    spec = tuning(pruner="asha", parameters=ONE, trials=20)
+    history = [finished(n, [v - 0.01 * n for v in GOOD]) for n in range(6)]
+    trial = running(6, [0.99, 0.99])
+    assert prune_at(spec, history, trial) is None
+    assert trial.attrs is not None and trial.attrs["conveyor:checked"] == 2
+    rungs = {k for k in trial.attrs if k.startswith("completed_rung_")}
+    trial.values = [0.99, 0.99, 0.0, 0.0]  # a collapse after the checked epochs is judged on its own
+    assert Study(spec, [*history, trial], True, max_epochs=9).check_pruning(trial) in (None, 3)
+    assert rungs <= set(trial.attrs)
