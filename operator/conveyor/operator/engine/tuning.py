@@ -6,8 +6,9 @@ pruners keep per trial: the grid id, ASHA/Hyperband rung values, the CMA-ES gene
 new trials or consulted about pruning, and whatever Optuna recorded is written back into status. So a
 restart at any moment repeats nothing and loses nothing.
 
-Determinism: the sampler of trial n is seeded with `seed + n` (grid: `seed`, which orders the grid), and its inputs are exactly what status
-holds, so rebuilding and asking again yields the same parameters. Pruning is evaluated epoch by epoch in
+Determinism: the sampler of trial n is seeded with `seed + n` (grid: `seed`, which orders the grid),
+and its inputs are exactly what status holds, so rebuilding and asking again yields the same
+parameters. Pruning is evaluated epoch by epoch in
 order (the last epoch checked is remembered per trial), exactly as if the trial had called
 `trial.report` + `trial.should_prune` every epoch in one process.
 
