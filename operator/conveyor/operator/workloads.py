@@ -96,7 +96,7 @@ def trainer_argv(workload: Workload, root: str) -> list[str]:
         data,
         "--out",
         out,
-        "--members",
+        "--models",
         *members,
     ]
 
