@@ -236,6 +236,7 @@ def registry_for(controller: Controller) -> kopf.OperatorRegistry:
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.standalone = True
         settings.posting.enabled = False  # Events come from the engine's Emit actions
+        settings.scanning.disabled = True  # no CRD/namespace watching: least-privilege RBAC
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         await controller.start()
