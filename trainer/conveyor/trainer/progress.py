@@ -89,6 +89,8 @@ def termination_summary(result: dict[str, Any], limit: int = TERMINATION_LIMIT) 
 def write_result(model_dir: Path, result: dict[str, Any]) -> None:
     """Persist the final result durably: result file, stdout, and the termination log if present."""
     payload = {"event": "result", **result}
+    if "CONVEYOR_ATTEMPT" in os.environ:  # lets an executor tell this attempt's result from an older one
+        payload.setdefault("attempt", int(os.environ["CONVEYOR_ATTEMPT"]))
     write_json_atomic(model_dir / RESULT_FILE, payload)
     print(json.dumps(payload, separators=(",", ":")), flush=True)
     if TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK):
