@@ -2,9 +2,10 @@
 
 Each rule carries a CEL expression (emitted into the CRD as `x-kubernetes-validations`, so the API
 server enforces it) and a Python predicate over the validated pydantic model (so `conveyor validate` and
-`conveyor run` enforce it), with ONE message for both. A test checks that each Python predicate and its
-CEL twin agree on a table of manifests, and the CEL stays simple (list sizes are bounded with maxItems
-in the schema) so the API server's cost estimator accepts it.
+`conveyor run` enforce it), with ONE message for both. tests/unit/test_api_cel.py checks that each
+Python predicate and its CEL twin agree on the invalid-manifest table (where a CEL interpreter is
+installed), and the CEL stays simple (lists bounded with maxItems in the schema) so the API server's
+cost estimator accepts it.
 
 `field` is the path of the offending field relative to the object the rule sits on; it becomes the
 CEL `fieldPath` and the tail of the Python error path, so both report e.g. `spec.tuning.parallelism`.
