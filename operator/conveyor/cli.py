@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Module names under conveyor.commands, in the order `conveyor --help` lists them.
-COMMANDS = ("run", "status", "validate", "crd", "operator")
+COMMANDS = ("run", "status", "validate", "crd", "operator", "logs")
 
 
 def build_parser() -> argparse.ArgumentParser:
