@@ -184,3 +184,47 @@ def test_rate_limit_bucket() -> None:
     bucket = ss.Bucket()
     taken = sum(bucket.take() for _ in range(100))
     assert ss.BURST <= taken <= ss.BURST + 2
+
+
+def test_trainer_push_reaches_the_progress_endpoint(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer's best-effort POST against the real endpoint; the token review is a stand-in
+    function (the e2e test exercises the real TokenReview)."""
+    import asyncio
+    import socket
+    import threading
+
+    from conveyor.trainer import progress
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = ss.ProgressStore()
+    server = ss.ProgressServer(
+        store,
+        lambda token: review_for("p-0") if token == "good" else {"authenticated": False},
+        lambda ns, name: {"metadata": {"labels": LABELS}},
+    )
+    loop = asyncio.new_event_loop()
+    runner = loop.run_until_complete(ss.serve(server, "127.0.0.1", port))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        token = tmp_path / "token"
+        monkeypatch.setenv("CONVEYOR_PROGRESS_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("CONVEYOR_PROGRESS_TOKEN_FILE", str(token))
+        token.write_text("bad")
+        assert progress.push('{"event":"epoch","epoch":1,"metrics":{"accuracy":0.5}}') is False
+        token.write_text("good")
+        progress.emit(
+            tmp_path / "model", {"event": "epoch", "epoch": 1, "epochs": 3, "metrics": {"accuracy": 0.5}}
+        )
+        assert [e.metrics["accuracy"] for e in store.lookup("ml", "digits", "trial-0001", 1)] == [0.5]
+        monkeypatch.setenv("RANK", "1")  # only rank 0 reports
+        assert progress.push('{"event":"epoch","epoch":2,"metrics":{}}') is False
+        monkeypatch.setenv("CONVEYOR_PROGRESS_URL", "http://127.0.0.1:1")  # nobody listening: no error
+        monkeypatch.setenv("RANK", "0")
+        assert progress.push('{"event":"epoch","epoch":2,"metrics":{}}') is False
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)

@@ -51,13 +51,40 @@ def epoch_event(
 
 
 def emit(model_dir: Path, event: dict[str, Any]) -> None:
-    """Print an event and append it to the progress file (one line, flushed)."""
+    """Print an event and append it to the progress file (one line, flushed); on Kubernetes also push
+    epoch events to the operator (`push`)."""
     line = json.dumps(event, separators=(",", ":"))
     print(line, flush=True)
     model_dir.mkdir(parents=True, exist_ok=True)
     with (model_dir / PROGRESS_FILE).open("a") as handle:
         handle.write(line + "\n")
         handle.flush()
+    if event.get("event") == "epoch":
+        push(line)
+
+
+def push(line: str, timeout: float = 1.0) -> bool:
+    """POST one epoch event to the operator's progress endpoint (`CONVEYOR_PROGRESS_URL`) with the
+    pod's projected token (audience conveyor.dev). Best effort: a short timeout, every error ignored,
+    so training never waits on or fails because of the operator; results travel durably elsewhere."""
+    url = os.environ.get("CONVEYOR_PROGRESS_URL")
+    token_file = os.environ.get("CONVEYOR_PROGRESS_TOKEN_FILE")
+    if not url or not token_file or os.environ.get("RANK", "0") != "0":
+        return False
+    import urllib.request
+
+    try:
+        token = Path(token_file).read_text().strip()  # re-read: the kubelet rotates projected tokens
+        request = urllib.request.Request(
+            url.rstrip("/") + "/v1/progress",
+            data=line.encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            return bool(200 <= reply.status < 300)
+    except Exception:  # progress is best effort by design
+        return False
 
 
 def read_events(model_dir: Path) -> list[dict[str, Any]]:
