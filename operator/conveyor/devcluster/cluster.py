@@ -224,6 +224,8 @@ class Cluster:
                 f"--service-account-signing-key-file={pki.sa_key}",
                 "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=Node,RBAC",
                 "--allow-privileged=true", "--profiling=false", "--v=1",
+                # 127.0.0.1 may not be an endpoint of the kubernetes Service: no reconciler.
+                "--endpoint-reconciler-type=none",
                 # PodSecurity, ServiceAccount and DefaultStorageClass are in the default plugin set.
                 "--enable-admission-plugins=NodeRestriction",
             ],

@@ -370,6 +370,7 @@ class LocalKubelet:
         self.net = random.randrange(100, 200)
         self.next_ip = 2
         self.created_mountpoints: list[Path] = []
+        self.mountpoints_lock = threading.Lock()
         self.mountpoints_file = state_dir / "created-mountpoints.json"
         log.info("local kubelet for node %s (mount/UTS namespaces: %s)", node_name, self.isolate)
 
@@ -450,18 +451,19 @@ class LocalKubelet:
 
     # ---- process launch -----------------------------------------------------------------------
     def _mountpoint(self, path: Path, is_dir: bool) -> None:
-        if path.exists() or path.is_symlink():
-            return
-        top = path
-        while not top.parent.exists():
-            top = top.parent
-        if is_dir:
-            path.mkdir(parents=True, exist_ok=True)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch()
-        self.created_mountpoints.append(top)
-        self.mountpoints_file.write_text(json.dumps([str(p) for p in self.created_mountpoints]))
+        with self.mountpoints_lock:
+            if path.exists() or path.is_symlink():
+                return
+            top = path
+            while not top.parent.exists():
+                top = top.parent
+            if is_dir:
+                path.mkdir(parents=True, exist_ok=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+            self.created_mountpoints.append(top)
+            self.mountpoints_file.write_text(json.dumps([str(p) for p in self.created_mountpoints]))
 
     def isolated_argv(
         self, argv: list[str], mounts: list[tuple[Path, str, bool]], host: str, workdir: str

@@ -9,7 +9,8 @@ Enable with ``pytest_plugins = ["conveyor.devcluster.pytest_plugin"]`` in the ro
 
 If the binaries are not built, the tests skip locally with the reason, and FAIL when ``CI`` is set.
 A cluster that does not start always fails. ``CONVEYOR_DEVCLUSTER_KEEP=1`` keeps the state directory
-(logs) after the session.
+(logs) after the session; ``CONVEYOR_DEVCLUSTER_STATE=<state dir>`` runs the tests against an
+already running cluster (``conveyor dev-cluster up``) instead of starting one.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ def wait_for(
 
 @pytest.fixture(scope="session")
 def devcluster() -> Iterator[Cluster]:
+    existing = os.environ.get("CONVEYOR_DEVCLUSTER_STATE")
+    if existing:  # reuse a running cluster, e.g. `conveyor dev-cluster up`
+        yield Cluster.attach(Path(existing))
+        return
     bin_dir = default_bin_dir()
     missing = missing_binaries(bin_dir)
     if missing:
