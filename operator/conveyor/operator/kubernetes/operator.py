@@ -252,8 +252,9 @@ def registry_for(controller: Controller) -> kopf.OperatorRegistry:
         for runner in runners:
             await runner.cleanup()
 
+    # Async handlers run on the event loop (kopf runs sync ones in threads): the queue is loop-only.
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def pipeline_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    async def pipeline_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
         key = (namespace or "", name)
         if type == "DELETED":
             controller.forget(key)
@@ -263,13 +264,13 @@ def registry_for(controller: Controller) -> kopf.OperatorRegistry:
     managed = {"app.kubernetes.io/managed-by": builders.FIELD_MANAGER}
 
     @kopf.on.event("batch", "v1", "jobs", labels=managed, registry=registry)
-    def job_event(body: Mapping[str, Any], **_: Any) -> None:
+    async def job_event(body: Mapping[str, Any], **_: Any) -> None:
         key = pipeline_key_of(body)
         if key is not None:
             controller.enqueue(key)
 
     @kopf.on.event("v1", "pods", labels=managed, registry=registry)
-    def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    async def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
         value = labels.get(builders.LABEL_PIPELINE)
         if value and namespace:
             controller.enqueue((namespace, controller.names.get((namespace, value), value)))
