@@ -332,7 +332,13 @@ class Cluster:
 
     def _start_kwok(self) -> None:
         config = self.state_dir / "kwok.yaml"
-        config.write_text(yaml.safe_dump_all(kwok.pod_stages(), sort_keys=False))
+        node_stages = sorted((self.config.bin_dir / "kwok-stages").glob("*.yaml"))
+        if not node_stages:
+            raise StartError(
+                f"no KWOK node stages in {self.config.bin_dir}/kwok-stages; run scripts/build-control-plane"
+            )
+        docs = [d for f in node_stages for d in yaml.safe_load_all(f.read_text()) if d]
+        config.write_text(yaml.safe_dump_all([*docs, *kwok.pod_stages()], sort_keys=False))
         port = self.ports["kwok"] = processes.free_port()
         self._spawn(
             "kwok",

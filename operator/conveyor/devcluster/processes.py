@@ -28,31 +28,53 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks) of ``pid``, or None when there is no such process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+    return fields[0], fields[19]
+
+
 @dataclass
 class Proc:
-    """A started process: its name, pid, log file and a string its command line must contain."""
+    """A started process: name, pid, log file, a string its command line contains, and its start time
+    (pid + start time identify it, so a recycled pid is never mistaken for it)."""
 
     name: str
     pid: int
     log: str
     marker: str
+    started: str = ""
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "pid": self.pid, "log": self.log, "marker": self.marker}
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "log": self.log,
+            "marker": self.marker,
+            "started": self.started,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> Proc:
-        return cls(str(d["name"]), int(str(d["pid"])), str(d["log"]), str(d["marker"]))
+        return cls(
+            str(d["name"]), int(str(d["pid"])), str(d["log"]), str(d["marker"]), str(d.get("started", ""))
+        )
 
     def alive(self) -> bool:
-        """Running and still the process we started (pid not recycled)."""
+        """Running (not a zombie) and still the process we started."""
+        stat = _stat(self.pid)
+        if stat is None or stat[0] == "Z":
+            return False
+        if self.started:
+            return stat[1] == self.started
         try:
             cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
         except OSError:
             return False
-        state = stat.rsplit(")", 1)[-1].split()[0]
-        return state != "Z" and self.marker in cmdline
+        return self.marker in cmdline
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -81,7 +103,8 @@ def spawn(
             env=dict(env) if env is not None else None,
             close_fds=True,
         )
-    return Proc(name, p.pid, str(log), marker)
+    stat = _stat(p.pid)
+    return Proc(name, p.pid, str(log), marker, stat[1] if stat else "")
 
 
 def _reap(pid: int) -> None:
