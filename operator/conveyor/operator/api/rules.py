@@ -96,7 +96,8 @@ class Rule:
 
     def to_cel(self) -> dict[str, JsonValue]:
         rule: dict[str, JsonValue] = {"rule": self.cel, "message": self.message}
-        if self.field:
+        if self.field and not self.field.startswith("metadata."):
+            # The API server accepts fieldPath only inside the schema (metadata is not in it).
             rule["fieldPath"] = "." + self.field
         return rule
 
@@ -192,7 +193,8 @@ TUNING_RULES = (
 RESOURCES_RULES = (
     Rule(
         "processesPerWorker",
-        "self.gpu == 0 || self.processesPerWorker == self.gpu",
+        # has(): the API server also checks the rule against the schema's default ({}).
+        "!has(self.gpu) || self.gpu == 0 || (has(self.processesPerWorker) && self.processesPerWorker == self.gpu)",
         "must equal gpu when gpu > 0 (one training process per GPU)",
         lambda r: r.gpu == 0 or r.processes_per_worker == r.gpu,
     ),
