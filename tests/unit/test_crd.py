@@ -101,7 +101,7 @@ def test_cel_rules_match_the_python_rules() -> None:
         (schema, rules.ROOT_RULES),
     ]
     for node, expected in placements:
-        assert node["x-kubernetes-validations"] == [r.to_cel() for r in expected]
+        assert node["x-kubernetes-validations"] == [r.to_cel() for r in expected if r.cel]
     for _, expected in placements:
         for rule in expected:
             assert len(rule.cel) < 1500 and rule.message

@@ -113,12 +113,12 @@ def enforce(model: Any, rules: Sequence[Rule]) -> Any:
 
 
 def cel_rules(rules: Sequence[Rule]) -> list[dict[str, JsonValue]]:
-    return [rule.to_cel() for rule in rules]
+    return [rule.to_cel() for rule in rules if rule.cel]
 
 
 def schema_extra(rules: Sequence[Rule]) -> dict[str, JsonValue]:
     """`json_schema_extra` of a model: its rules as CEL, picked up by the CRD generator."""
-    validations: list[JsonValue] = [rule.to_cel() for rule in rules]
+    validations: list[JsonValue] = [rule.to_cel() for rule in rules if rule.cel]
     return {"x-kubernetes-validations": validations}
 
 
@@ -162,7 +162,9 @@ PARAMETER_RULES = (
     ),
     Rule(
         "values",
-        "self.type != 'categorical' || (has(self.values) && size(self.values) > 0)",
+        # No CEL: `values` holds untyped items (str, int, float, bool), which CEL cannot see; the API
+        # server's compiler rejects any rule naming the field. Checked by `conveyor validate`/the operator.
+        "",
         "categorical parameters need a non-empty values list, e.g. values: [32, 64, 128]",
         lambda p: p.type != "categorical" or bool(p.values),
     ),
