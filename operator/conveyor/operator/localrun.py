@@ -73,7 +73,7 @@ class LocalRun:
         write_json_atomic(
             root / MANIFEST_FILE, pipeline.model_dump(mode="json", by_alias=True, exclude_none=True)
         )
-        return cls(pipeline, root, LocalExecutor(root))
+        return cls(pipeline, root, LocalExecutor(root, model_name=pipeline.metadata.name))
 
     @property
     def spec(self) -> TrainingPipelineSpec:

@@ -101,8 +101,12 @@ def trainer_argv(workload: Workload, root: str) -> list[str]:
     ]
 
 
-def serve_argv(model: str, serving: ServingSpec, root: str, port: int | None = None) -> list[str]:
-    """The arguments after `python -m conveyor.trainer` for serving `model` (relative to root)."""
+def serve_argv(
+    model: str, serving: ServingSpec, root: str, port: int | None = None, name: str | None = None
+) -> list[str]:
+    """The arguments after `python -m conveyor.trainer` for serving `model` (relative to root); `name`
+    is the model name clients use in URLs (the pipeline's name)."""
+    named = ["--name", name] if name else []
     return [
         "serve",
         "--model",
@@ -115,6 +119,7 @@ def serve_argv(model: str, serving: ServingSpec, root: str, port: int | None = N
         str(serving.max_latency_ms),
         "--quantization",
         serving.quantization,
+        *named,
     ]
 
 

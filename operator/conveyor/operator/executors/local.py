@@ -34,8 +34,8 @@ from conveyor.operator.engine.actions import (
     StopWorkload,
 )
 from conveyor.operator.engine.observations import (
-    ObservedState,
     Observations,
+    ObservedState,
     ServingObservation,
     WorkloadObservation,
 )
@@ -118,6 +118,7 @@ class LocalExecutor:
     python: str = sys.executable
     serving_host: str = "127.0.0.1"
     serving_port: int | None = None
+    model_name: str | None = None  # the name clients use in /v2/models/<name> (the pipeline's name)
     jobs: dict[str, LocalJob] = field(default_factory=dict)
     server: LocalServer | None = None
     messages: list[str] = field(default_factory=list)
@@ -189,7 +190,7 @@ class LocalExecutor:
             self.python,
             "-m",
             "conveyor.trainer",
-            *serve_argv(action.model, action.serving, str(self.root), port),
+            *serve_argv(action.model, action.serving, str(self.root), port, self.model_name),
         ]
         argv += ["--host", self.serving_host]
         with log.open("ab") as sink:
@@ -262,7 +263,8 @@ class LocalExecutor:
     def observe_serving(self) -> ServingObservation | None:
         server = self.server
         if server is None:
-            return None
+            # Nothing served by this process (e.g. a resumed run): the engine starts serving again.
+            return ServingObservation(ready=False)
         if server.process.poll() is not None:
             return ServingObservation(
                 ready=False,
