@@ -45,8 +45,32 @@ def setup() -> Context:
         device, backend = torch.device("cpu"), "gloo"
     if world_size > 1 and not dist.is_initialized():
         timeout = timedelta(seconds=float(os.environ.get("CONVEYOR_COLLECTIVE_TIMEOUT", "600")))
-        dist.init_process_group(backend, timeout=timeout, device_id=device if backend == "nccl" else None)
+        dist.init_process_group(
+            backend,
+            store=attempt_store(rank, world_size, timeout),
+            rank=rank,
+            world_size=world_size,
+            timeout=timeout,
+            device_id=device if backend == "nccl" else None,
+        )
     return Context(rank, world_size, local_rank, device, backend)
+
+
+def attempt_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
+    """The rendezvous store, namespaced by torchrun's restart count.
+
+    torchrun's agent keeps one store across restarts, so the peers' addresses of a failed attempt are
+    still in it: a restarted rank that reads its peer's key before the new peer wrote it connects to the
+    dead process and fails (seen with gloo under `--max-restarts`). A prefix per attempt keeps each
+    attempt's keys apart. Without torchrun's agent, rank 0 hosts the store, as `env://` would.
+    """
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(host, port, world_size, is_master=not agent and rank == 0, timeout=timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(
+        f"conveyor/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/attempt-{attempt}", store
+    )
 
 
 def cleanup(ctx: Context) -> None:

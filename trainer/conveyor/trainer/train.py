@@ -520,9 +520,15 @@ def run(args: argparse.Namespace) -> int:
         report_failure(args.out, "DataError", str(error))
         raise
     except Exception as error:
-        report_failure(args.out, "TrainingError", f"{type(error).__name__}: {error}")
+        if final_attempt():  # torchrun restarts the workers otherwise; the next attempt reports
+            report_failure(args.out, "TrainingError", f"{type(error).__name__}: {error}")
         raise
     return 0
+
+
+def final_attempt() -> bool:
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    return restarts >= int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
 
 
 def report_failure(out_dir: Path, reason: str, message: str) -> None:
