@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import textwrap
 import uuid
@@ -446,8 +447,6 @@ def test_local_node_runs_pods_with_dns_env_and_shared_pvc(k8s_api: Any, namespac
     # Deleting the server pod kills its process: the port stops answering.
     core.delete_namespaced_pod("srv", namespace, grace_period_seconds=1)
     wait_for(lambda: not any(p.metadata.name == "srv" for p in core.list_namespaced_pod(namespace).items), 30)
-    import socket
-
     with pytest.raises(OSError), socket.create_connection((srv.status.pod_ip, int(port)), timeout=1):
         pass
 
@@ -461,3 +460,63 @@ def test_local_pod_failure_reports_exit_code_and_message(k8s_api: Any, namespace
     wait_for(lambda: core.read_namespaced_pod("fails", namespace).status.phase == "Failed", 60, "pod Failed")
     term = core.read_namespaced_pod("fails", namespace).status.container_statuses[0].state.terminated
     assert (term.exit_code, term.message) == (7, "boom: bad input")
+
+
+WORKER = """
+import os, socket, time
+index = os.environ["JOB_COMPLETION_INDEX"]
+rank0 = f"indexed-0.workers.{os.environ['NS']}.svc.cluster.local"
+for _ in range(100):
+    try:
+        addr = socket.gethostbyname(rank0)
+        break
+    except OSError:
+        time.sleep(0.1)
+with open(f"/data/shared/rank-{index}", "w") as f:
+    f.write(f"{socket.gethostname()} {addr}")
+"""
+
+
+def test_local_indexed_job_ranks_find_rank0(k8s_api: Any, namespace: str) -> None:
+    """The distributed-training shape: an Indexed Job + headless Service, all on the local node."""
+    core: Any = client.CoreV1Api(k8s_api)
+    batch: Any = client.BatchV1Api(k8s_api)
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {"name": "shared"},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
+    core.create_namespaced_service(
+        namespace,
+        {"metadata": {"name": "workers"}, "spec": {"clusterIP": "None", "selector": {"job-name": "indexed"}}},
+    )
+    template = local_pod("unused", WORKER)
+    template["spec"]["subdomain"] = "workers"
+    template["metadata"] = {"annotations": {"conveyor.dev/note": "x"}}
+    batch.create_namespaced_job(
+        namespace,
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "indexed"},
+            "spec": {
+                "completionMode": "Indexed",
+                "completions": 2,
+                "parallelism": 2,
+                "backoffLimit": 0,
+                "template": template,
+            },
+        },
+    )
+    wait_for(lambda: job_condition(batch, "indexed", namespace, "Complete"), 90, "Indexed Job Complete")
+    pvc = core.read_namespaced_persistent_volume_claim("shared", namespace)
+    root = Path(core.read_persistent_volume(pvc.spec.volume_name).spec.host_path.path)
+    pods = {
+        p.metadata.name: p
+        for p in core.list_namespaced_pod(namespace, label_selector="job-name=indexed").items
+    }
+    rank0_ip = next(p.status.pod_ip for p in pods.values() if p.spec.hostname == "indexed-0")
+    assert (root / "rank-0").read_text() == f"indexed-0 {rank0_ip}"
+    assert (root / "rank-1").read_text() == f"indexed-1 {rank0_ip}"
