@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import pytest
 from tiny_models import load_split, make_data_dir, make_model_dir
 
 from conveyor.trainer import artifacts, metrics
+from conveyor.trainer.__main__ import main
 from conveyor.trainer.ensemble import build, member_reference, score_weights
 from conveyor.trainer.evaluate import evaluate
 from conveyor.trainer.predictor import load_predictor
@@ -51,10 +50,9 @@ def test_member_reference_relative_inside_the_run(tmp_path: Path) -> None:
 
 def test_soft_voting_end_to_end_via_cli(run_dir: Path) -> None:
     out = run_dir / "ensemble"
-    command = [sys.executable, "-m", "conveyor.trainer", "ensemble", "--models", *map(str, members(run_dir)),
-               "--method", "softVoting", "--data", str(run_dir / "data"), "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    code = main(["ensemble", "--models", *map(str, members(run_dir)), "--method", "softVoting",
+                 "--data", str(run_dir / "data"), "--out", str(out)])
+    assert code == 0
     card = artifacts.read_card(out)
     assert card.kind == "ensemble" and card.method == "softVoting"
     assert card.members == ["../trials/t0", "../trials/t1", "../trials/t2"]

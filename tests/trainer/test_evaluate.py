@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +10,7 @@ import pytest
 from tiny_models import load_split, make_data_dir, make_model_dir
 
 from conveyor.trainer import artifacts, metrics
-from conveyor.trainer import evaluate as evaluate_stage
+from conveyor.trainer.__main__ import main
 from conveyor.trainer.config import GateSpec
 from conveyor.trainer.evaluate import evaluate, gate_outcome
 from conveyor.trainer.predictor import load_predictor
@@ -21,9 +18,11 @@ from conveyor.trainer.predictor import load_predictor
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "conveyor.trainer", "evaluate", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    """`python -m conveyor.trainer evaluate ...`, in-process (the same dispatch, no interpreter start-up)."""
+    code = main(["evaluate", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +36,13 @@ def is_png(path: Path) -> bool:
     return path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 2000
 
 
-def test_classification_report_plots_and_gate_via_cli(run_dir: Path) -> None:
+def test_classification_report_plots_and_gate_via_cli(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = run_dir / "evaluation" / "model"
-    done = cli("--model", run_dir / "model", "--data", run_dir / "data", "--out", out,
-               "--gate-json", '{"metric": "accuracy", "min": 0.5}')
-    assert done.returncode == 0, done.stderr
+    code, stdout, stderr = cli(capsys, "--model", run_dir / "model", "--data", run_dir / "data", "--out", out,
+                               "--gate-json", '{"metric": "accuracy", "min": 0.5}')
+    assert code == 0, stderr
     report = json.loads((out / artifacts.REPORT_FILE).read_text())
     x, y = load_split(run_dir / "data", "test")
     expected = metrics.compute_metrics("classification", y, load_predictor(run_dir / "model").predict(x))
@@ -60,12 +61,12 @@ def test_classification_report_plots_and_gate_via_cli(run_dir: Path) -> None:
     assert result["status"] == "succeeded" and result["gate"]["passed"] is True
     accuracy = report["metrics"]["accuracy"]
     assert result["objective"] == {"metric": "accuracy", "goal": "maximize", "value": accuracy}
-    assert json.loads(done.stdout.strip().splitlines()[-1])["event"] == "result"
+    assert json.loads(stdout.strip().splitlines()[-1])["event"] == "result"
 
 
 def test_failed_gate_is_a_result_not_an_error(run_dir: Path, tmp_path: Path) -> None:
     gate = GateSpec(metric="accuracy", min=0.999)
-    report = evaluate(run_dir / "model", run_dir / "data", tmp_path, gate=gate)
+    report = evaluate(run_dir / "model", run_dir / "data", tmp_path, gate=gate, plots_enabled=False)
     assert report["gate"]["passed"] is False
     assert "fails the gate" in report["gate"]["message"]
 
@@ -112,12 +113,8 @@ def test_regression_report_has_residuals(tmp_path: Path) -> None:
 def test_missing_data_fails_with_a_result(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    parser = argparse.ArgumentParser()
-    evaluate_stage.add_arguments(parser)
-    args = parser.parse_args(
-        ["--model", str(run_dir / "model"), "--data", str(tmp_path), "--out", str(tmp_path / "eval")]
-    )
-    assert evaluate_stage.run(args) == 1
-    assert "metadata.json" in capsys.readouterr().err
-    result = json.loads((tmp_path / "eval" / artifacts.RESULT_FILE).read_text())
+    code, _, stderr = cli(capsys, "--model", run_dir / "model", "--data", tmp_path, "--out", tmp_path / "x")
+    assert code == 1
+    assert "metadata.json" in stderr
+    result = json.loads((tmp_path / "x" / artifacts.RESULT_FILE).read_text())
     assert result["status"] == "failed" and result["reason"] == "FileNotFoundError"
