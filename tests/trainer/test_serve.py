@@ -231,6 +231,28 @@ def test_garbage_http_is_answered_and_the_server_survives(server: Server) -> Non
     assert server.client().is_server_live()
 
 
+def test_pipelined_requests_are_answered_in_order_and_expect_continue(server: Server) -> None:
+    import socket
+
+    def raw(body: bytes, extra: bytes = b"") -> bytes:
+        return (b"POST /v2/models/model/infer HTTP/1.1\r\nHost: x\r\ncontent-length: %d\r\n%s\r\n"
+                % (len(body), extra)) + body
+
+    good = json.dumps({"id": "first", **tensor([1, 64], [1.0] * 64)}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(raw(good) + raw(b"{oops") + raw(good.replace(b"first", b"third")))
+        received = b""
+        while received.count(b"HTTP/1.1 ") < 3:
+            received += sock.recv(65536)
+        first, second, third = (received.index(m) for m in (b'"id":"first"', b"malformed", b'"id":"third"'))
+        assert first < second < third
+        head = raw(b"", b"expect: 100-continue\r\n").replace(b"content-length: 0", b"content-length: 2")
+        sock.sendall(head)
+        assert sock.recv(1024) == b"HTTP/1.1 100 Continue\r\n\r\n"  # before we send the body
+        sock.sendall(b"{}")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 400")
+
+
 def test_concurrent_requests_are_batched(server: Server, raw_rows: np.ndarray) -> None:
     def histogram_count(text: str) -> float:
         match = re.search(r'^conveyor_inference_batch_size_count\{model="model"\} (\S+)$', text, re.M)

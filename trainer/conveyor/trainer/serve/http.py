@@ -35,6 +35,9 @@ REASONS = {
 JSON = b"application/json"
 MAX_PIPELINED = 64
 DISCARD_SECONDS = 5.0
+IDLE_SECONDS = 65.0  # a connection silent this long (and not waiting on us) is closed
+SWEEP_SECONDS = 5.0
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 @dataclass(slots=True)
@@ -91,6 +94,7 @@ class Connection(asyncio.Protocol):
         self.in_message = False
         self.closing = False
         self.paused = False
+        self.last_active = time.monotonic()
         self._reset()
 
     def _reset(self) -> None:
@@ -112,6 +116,7 @@ class Connection(asyncio.Protocol):
         self.closing = True
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -136,6 +141,8 @@ class Connection(asyncio.Protocol):
         length = self.headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.server.max_body:
             self._reject_oversized(int(length))
+        elif self.headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
+            self.transport.write(CONTINUE)  # curl waits a second for this before sending a body
 
     def on_body(self, body: bytes) -> None:
         if self.rejected:
@@ -195,6 +202,7 @@ class Connection(asyncio.Protocol):
 
     def _reply(self, response: Response, keep_alive: bool, http10: bool) -> None:
         self.inflight = False
+        self.last_active = time.monotonic()
         keep_alive = keep_alive and not self.server.draining
         if self.transport is None or self.transport.is_closing():
             return
@@ -236,6 +244,11 @@ class Connection(asyncio.Protocol):
         if self.idle:
             self._close()
 
+    def close_if_silent(self, now: float) -> None:
+        """Idle keep-alive connections and clients that stall mid-request are closed after a while."""
+        if not self.inflight and not self.queue and now - self.last_active > self.server.idle_seconds:
+            self._close()
+
 
 class HttpServer:
     """Listens on host:port and serves `handler`; `shutdown()` drains in-flight requests."""
@@ -254,18 +267,30 @@ class HttpServer:
         self.connections: set[Connection] = set()
         self.draining = False
         self.server: asyncio.Server | None = None
+        self.idle_seconds = IDLE_SECONDS
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int, backlog: int = 2048) -> int:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             lambda: Connection(self), host, port, backlog=backlog, reuse_address=True
         )
+        self._sweeper = asyncio.create_task(self._sweep())
         sockets = self.server.sockets
         return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = time.monotonic()
+            for connection in list(self.connections):
+                connection.close_if_silent(now)
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, let in-flight requests finish (up to `timeout`), close every connection."""
         self.draining = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.server is not None:
             self.server.close()
         deadline = time.monotonic() + timeout
