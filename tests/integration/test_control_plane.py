@@ -451,15 +451,18 @@ def test_local_node_runs_pods_with_dns_env_and_shared_pvc(k8s_api: Any, namespac
         pass
 
 
-def test_local_pod_failure_reports_exit_code_and_message(k8s_api: Any, namespace: str) -> None:
+def test_local_pod_failure_reports_exit_code_and_message(
+    devcluster: Any, k8s_api: Any, namespace: str
+) -> None:
     core: Any = client.CoreV1Api(k8s_api)
-    code = "import sys; open('/dev/termination-log', 'w').write('boom: bad input'); sys.exit(7)"
+    code = "print('to stdout'); open('/dev/termination-log', 'w').write('boom: bad input'); exit(7)"
     pod = local_pod("fails", code)
     pod["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
     core.create_namespaced_pod(namespace, pod)
     wait_for(lambda: core.read_namespaced_pod("fails", namespace).status.phase == "Failed", 60, "pod Failed")
     term = core.read_namespaced_pod("fails", namespace).status.container_statuses[0].state.terminated
     assert (term.exit_code, term.message) == (7, "boom: bad input")
+    assert "to stdout" in devcluster.local_pod_log(namespace, "fails", "main")
 
 
 WORKER = """

@@ -166,6 +166,11 @@ class Cluster:
         cluster.etcd_data = state.get("etcd_data", "")
         return cluster
 
+    def local_pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
+        """The output of a local-node pod's container (``kubectl logs`` has no kubelet to ask)."""
+        logs = sorted(self.state_dir.glob(f"pods/{namespace}_{pod}_*/logs/{container or '*'}.log"))
+        return "".join(p.read_text(errors="replace") for p in logs[-1:])
+
     def running(self) -> dict[str, bool]:
         return {p.name: p.alive() for p in self.procs}
 
