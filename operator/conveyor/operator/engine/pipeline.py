@@ -417,13 +417,18 @@ def _advance(ctx: _Ctx) -> None:
             return
     else:
         _stage(ctx, "tune", "Skipped", "NotRequested")
-    if not _single(ctx, "train") or not _single(ctx, "evaluate-model"):
+    # The final training and the ensemble of the best trials need nothing from each other, so they run
+    # side by side; the gate waits for both.
+    trained = _single(ctx, "train") and _single(ctx, "evaluate-model")
+    if ctx.st.phase == "Failed":
         return
     if spec.ensemble is not None:
-        if not _ensemble(ctx):
-            return
+        ensembled = _ensemble(ctx)
     else:
         _stage(ctx, "ensemble", "Skipped", "NotRequested")
+        ensembled = True
+    if not (trained and ensembled) or ctx.st.phase == "Failed":
+        return
     if not _gate(ctx):
         return
     if spec.serving is None:
@@ -440,13 +445,13 @@ def _single(ctx: _Ctx, name: str) -> bool:
     if rec is None:
         ctx.st.workloads.append(WorkloadStatus(name=name, stage=stage))
         ctx.start(name, 0)
-        ctx.stage = stage
+        ctx.stage = ctx.stage or stage  # the phase names the earliest stage still at work
         _stage(ctx, stage, "Running")
         return False
     if rec.state == "Succeeded":
         _record_result(ctx, rec)
         return True
-    ctx.stage = stage
+    ctx.stage = ctx.stage or stage
     _stage(ctx, stage, "Running")
     if rec.state == "Failed":
         limit = ctx.spec.backoff_limit
@@ -567,6 +572,7 @@ def _tune(ctx: _Ctx) -> bool:
     _stage(
         ctx, "tune", "Succeeded", "Completed", f"best {best.name}: {ctx.spec.task.metric} {best.value:.4f}"
     )
+    ctx.stage = None  # tuning is done: the phase follows the stages after it
     return True
 
 
