@@ -18,8 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_train import test_accuracy
-from training_helpers import REPO, as_json, child_env, config, prepared, torchrun_command
+from training_helpers import REPO, as_json, child_env, config, model_accuracy, prepared, torchrun_command
 
 from conveyor.trainer import progress
 
@@ -99,4 +98,4 @@ def test_killed_worker_resumes_from_the_last_checkpoint(digits: Path, tmp_path: 
     assert len(repeated) <= 1 and all(c <= 2 for c in Counter(epochs_seen).values())
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "succeeded" and result["epochsRun"] == epochs
-    assert test_accuracy(tmp_path, digits) >= 0.9
+    assert model_accuracy(tmp_path, digits) >= 0.9

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from training_helpers import cli, config, prepared
+from training_helpers import cli, config, model_accuracy, prepared
 
 from conveyor.trainer import distributed, progress
 from conveyor.trainer.artifacts import read_card
@@ -37,23 +37,10 @@ def iris(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepared(tmp_path_factory.mktemp("iris"), data={"source": "builtin://iris"})
 
 
-def test_accuracy(model_dir: Path, data_dir: Path, split: str = "test") -> float:
-    card = read_card(model_dir)
-    model = build_model(card.config.model, card.dataset)
-    model.load_state_dict(torch.load(model_dir / "weights.pt", weights_only=True))
-    x, y = load_split(data_dir, split)
-    with torch.no_grad():
-        predicted = model.eval()(torch.from_numpy(x)).argmax(1).numpy()
-    return float(np.mean(predicted == y))
-
-
-test_accuracy.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
-
-
 def test_digits_with_defaults_reaches_a_sensible_accuracy(digits: Path, tmp_path: Path) -> None:
     result = train(config(training={"epochs": 12}), digits, tmp_path)
     assert result["status"] == "succeeded"
-    assert test_accuracy(tmp_path, digits) >= 0.95
+    assert model_accuracy(tmp_path, digits) >= 0.95
     saved = progress.read_result(tmp_path)
     assert saved is not None and saved["objective"]["metric"] == "accuracy"
     assert saved["objective"]["value"] == pytest.approx(saved["metrics"]["accuracy"])
@@ -65,7 +52,7 @@ def test_digits_with_defaults_reaches_a_sensible_accuracy(digits: Path, tmp_path
     card = read_card(tmp_path)
     assert card.metrics["accuracy"] == pytest.approx(best["accuracy"], abs=1e-6)
     # weights.pt holds the best epoch's weights: they reproduce its validation accuracy.
-    assert test_accuracy(tmp_path, digits, "validation") == pytest.approx(best["accuracy"], abs=1e-6)
+    assert model_accuracy(tmp_path, digits, "validation") == pytest.approx(best["accuracy"], abs=1e-6)
 
 
 def test_regression_on_diabetes(tmp_path: Path) -> None:

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 from conveyor.trainer.metrics import compute_metrics
-from conveyor.trainer.validation import classification_metrics
+from conveyor.trainer.validation import classification_metrics, regression_metrics
 
 
 @pytest.mark.parametrize(
-    ("classes", "absent"), [(2, None), (3, None), (10, None), (4, 3)], ids=["binary", "3", "10", "absent-class"]
+    ("classes", "absent"),
+    [(2, None), (3, None), (10, None), (4, 3)],
+    ids=["binary", "3", "10", "absent-class"],
 )
 def test_matches_the_evaluation_metrics(classes: int, absent: int | None) -> None:
     rng = np.random.default_rng(classes)
@@ -26,3 +28,14 @@ def test_matches_the_evaluation_metrics(classes: int, absent: int | None) -> Non
     assert fast.keys() == reference.keys()
     for name, value in reference.items():
         assert fast[name] == pytest.approx(value, abs=1e-9), name
+
+
+def test_regression_matches_the_evaluation_metrics() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.normal(150, 70, 200).astype(np.float32)
+    predictions = (y + rng.normal(0, 30, 200)).astype(np.float32)
+    reference = compute_metrics("regression", y, predictions)
+    fast = regression_metrics(y, predictions)
+    assert fast.keys() == reference.keys()
+    for name, value in reference.items():
+        assert fast[name] == pytest.approx(value, rel=1e-6), name

@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from conveyor.trainer.artifacts import read_card
 from conveyor.trainer.config import TrainerConfig
-from conveyor.trainer.data.prepare import prepare
+from conveyor.trainer.data.prepare import load_split, prepare
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,3 +63,18 @@ def torchrun_command(nproc: int, *args: str | Path, max_restarts: int = 0) -> li
 
 def as_json(cfg: TrainerConfig) -> str:
     return json.dumps(cfg.to_wire())
+
+
+def model_accuracy(model_dir: Path, data_dir: Path, split: str = "test") -> float:
+    """Accuracy of a model directory's weights on a prepared split, rebuilt as serving would."""
+    import torch
+
+    from conveyor.trainer.models import build_model
+
+    card = read_card(model_dir)
+    model = build_model(card.config.model, card.dataset)
+    model.load_state_dict(torch.load(model_dir / "weights.pt", weights_only=True))
+    x, y = load_split(data_dir, split)
+    with torch.no_grad():
+        predicted = model.eval()(torch.from_numpy(x)).argmax(1).numpy()
+    return float(np.mean(predicted == y))

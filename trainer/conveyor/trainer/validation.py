@@ -1,11 +1,12 @@
 """Per-epoch validation: every metric of the task on the whole validation split, fast.
 
 The metrics are the evaluation's (`conveyor.trainer.metrics`, same names and definitions: macro and
-weighted precision/recall/F1 with zero_division=0, one-vs-rest ROC-AUC over the classes present, log loss
-on clipped renormalised probabilities), computed from one confusion matrix and one ranking instead of a
-dozen scikit-learn calls: validation runs every epoch of every trial, and scikit-learn's input checking
-alone cost ~100 ms an epoch on digits, as long as the training epoch itself. Regression metrics are
-cheap already and come from `metrics.compute_metrics`.
+weighted precision/recall/F1 with zero_division=0, one-vs-rest ROC-AUC over the classes present, log
+loss on clipped renormalised probabilities), computed from one confusion matrix and one ranking per
+class instead of a dozen scikit-learn calls: validation runs every epoch of every trial, and
+scikit-learn's input checking alone cost ~100 ms an epoch on digits, as long as the training epoch
+itself. Numpy only, so the training process imports neither scikit-learn nor scipy (seconds of
+start-up on a busy machine). The tests check every metric against `metrics.compute_metrics`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import rankdata
 from torch import nn
 
 from conveyor.trainer.artifacts import DatasetMetadata
-from conveyor.trainer.metrics import PROBABILITY_EPS, compute_metrics
+
+PROBABILITY_EPS = 1e-12  # as conveyor.trainer.metrics
 
 
 @torch.no_grad()
@@ -48,7 +49,7 @@ def validate(
     loss = loss_fn(outputs, y)
     return {
         "loss": float(loss),
-        **compute_metrics("regression", y.cpu().numpy(), outputs.squeeze(-1).cpu().numpy()),
+        **regression_metrics(y.cpu().numpy(), outputs.squeeze(-1).cpu().numpy()),
     }
 
 
@@ -82,10 +83,31 @@ def roc_auc(y: np.ndarray, proba: np.ndarray, support: np.ndarray) -> float | No
     columns = [1] if classes == 2 else [c for c in range(classes) if 0 < support[c] < n]
     if not columns or not 0 < support[columns[0]] < n:
         return None
-    ranks = rankdata(proba[:, columns], axis=0)
     aucs = []
-    for i, c in enumerate(columns):
-        positives = y == c
+    for c in columns:
         count = int(support[c])
-        aucs.append((ranks[positives, i].sum() - count * (count + 1) / 2) / (count * (n - count)))
+        rank_sum = average_ranks(proba[:, c])[y == c].sum()
+        aucs.append((rank_sum - count * (count + 1) / 2) / (count * (n - count)))
     return float(np.mean(aucs))
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing the average of their ranks (scipy's rankdata 'average')."""
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    first = np.r_[True, ordered[1:] != ordered[:-1]]
+    starts = np.flatnonzero(first)
+    ends = np.r_[starts[1:], values.size]
+    ranks = np.empty(values.size)
+    ranks[order] = ((starts + ends + 1) / 2.0)[np.cumsum(first) - 1]
+    return ranks
+
+
+def regression_metrics(y: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    error = predictions.astype(np.float64) - y.astype(np.float64)
+    mse = float(np.mean(error**2))
+    result = {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": float(np.mean(np.abs(error)))}
+    variance = float(np.sum((y - y.mean()) ** 2))
+    if variance > 0:
+        result["r2"] = 1.0 - float(np.sum(error**2)) / variance
+    return result
