@@ -452,7 +452,7 @@ def test_local_node_runs_pods_with_dns_env_and_shared_pvc(k8s_api: Any, namespac
 
 
 def test_local_pod_failure_reports_exit_code_and_message(
-    devcluster: Any, k8s_api: Any, namespace: str
+    devcluster: Any, k8s_api: Any, namespace: str, kubectl: str, kubeconfig: Path
 ) -> None:
     core: Any = client.CoreV1Api(k8s_api)
     code = "print('to stdout'); open('/dev/termination-log', 'w').write('boom: bad input'); exit(7)"
@@ -463,6 +463,13 @@ def test_local_pod_failure_reports_exit_code_and_message(
     term = core.read_namespaced_pod("fails", namespace).status.container_statuses[0].state.terminated
     assert (term.exit_code, term.message) == (7, "boom: bad input")
     assert "to stdout" in devcluster.local_pod_log(namespace, "fails", "main")
+    logs = subprocess.run(
+        [kubectl, "--kubeconfig", str(kubeconfig), "-n", namespace, "logs", "fails"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert logs.stdout == "to stdout\n"
 
 
 WORKER = """

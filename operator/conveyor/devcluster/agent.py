@@ -17,6 +17,7 @@ from kubernetes import config as kconfig
 
 from conveyor.devcluster import node
 from conveyor.devcluster.local_kubelet import LocalKubelet
+from conveyor.devcluster.logserver import serve_logs
 from conveyor.devcluster.provisioner import Provisioner
 
 log = logging.getLogger("conveyor.devcluster.agent")
@@ -34,8 +35,14 @@ def main(argv: list[str] | None = None) -> int:
 
     api = kconfig.new_client_from_config(config_file=args.kubeconfig)
     version = client.VersionApi(api).get_code().git_version
-    node.register(client.CoreV1Api(api), args.node_name, version)
     kubelet = LocalKubelet(api, args.node_name, args.state_dir, args.pod_python)
+    pki = args.state_dir / "pki"
+
+    def running(ns: str, pod: str) -> bool:
+        return any(r.ns == ns and r.pod_name == pod and r.is_alive() for r in list(kubelet.runs.values()))
+
+    _, port = serve_logs(kubelet.pods_dir, pki / "apiserver.crt", pki / "apiserver.key", running)
+    node.register(client.CoreV1Api(api), args.node_name, version, kubelet_port=port)
     provisioner = Provisioner(api, args.state_dir / "volumes")
 
     stop = threading.Event()

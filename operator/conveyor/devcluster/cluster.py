@@ -227,10 +227,11 @@ class Cluster:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki.sa_pub}",
                 f"--service-account-signing-key-file={pki.sa_key}",
-                "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=Node,RBAC",
+                "--service-cluster-ip-range=127.203.0.0/24", "--authorization-mode=Node,RBAC",
                 "--allow-privileged=true", "--profiling=false", "--v=1",
                 # 127.0.0.1 may not be an endpoint of the kubernetes Service: no reconciler.
                 "--endpoint-reconciler-type=none",
+                "--kubelet-preferred-address-types=InternalIP",
                 # PodSecurity, ServiceAccount and DefaultStorageClass are in the default plugin set.
                 "--enable-admission-plugins=NodeRestriction",
             ],
@@ -351,7 +352,7 @@ class Cluster:
                 self.binary("kwok"), f"--kubeconfig={self.kubeconfig}", f"--config={config}",
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-label-selector={kwok.NODE_LABEL}={kwok.NODE_LABEL_VALUE}",
-                f"--server-address=127.0.0.1:{port}", "--node-ip=10.0.0.2", "--cidr=10.244.0.0/16",
+                f"--server-address=127.0.0.1:{port}", "--node-ip=127.0.0.1", "--cidr=127.202.0.0/16",
                 "--node-lease-duration-seconds=40",
             ],
         )  # fmt: skip

@@ -39,7 +39,7 @@ def _conditions(t: str) -> list[dict[str, Any]]:
     ]
 
 
-def register(core: Any, name: str, kube_version: str) -> None:
+def register(core: Any, name: str, kube_version: str, kubelet_port: int = 0) -> None:
     """Create (or refresh) the local node: tainted, so only pods that tolerate it land there."""
     arch = "amd64" if platform.machine() == "x86_64" else platform.machine()
     resources = {
@@ -73,8 +73,8 @@ def register(core: Any, name: str, kube_version: str) -> None:
         "capacity": resources,
         "allocatable": resources,
         "conditions": _conditions(t),
-        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         "nodeInfo": {
             "machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": platform.release(),
             "osImage": "conveyor local node", "containerRuntimeVersion": "local://processes",

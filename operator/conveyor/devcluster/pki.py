@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SERVING_SANS = (
-    "IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+    "IP:127.0.0.1,IP:127.203.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
     "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 )
 
