@@ -9,11 +9,12 @@ reports phase, exit codes and the termination message; kills the processes of de
 Isolation (when ``unshare`` works, i.e. as root): each container runs in its own mount and UTS
 namespace, so volumes are bind-mounted at their real ``mountPath``, the termination-message file at
 ``terminationMessagePath``, the hostname is the pod's, and a cluster-wide hosts file is bind-mounted
-over ``/etc/hosts`` (pod hostnames and ``<hostname>.<subdomain>.<ns>.svc.cluster.local``). The host's
-own ``/etc/hosts`` is never modified. Mount points that did not exist on the host are created (empty)
-and removed on shutdown. The network namespace is the host's: pods share ports, so a server should
-bind its own pod IP. The ``image`` is ignored: a container must give ``command``. Probes are not run:
-a started container is Ready.
+over ``/etc/hosts`` (pod hostnames and ``<hostname>.<subdomain>.<ns>.svc.cluster.local``), and a
+``resolv.conf`` naming only 127.0.0.1 over ``/etc/resolv.conf``, so other names fail at once instead of
+leaving the machine. The host's own files are never modified. Mount points that did not exist on the
+host are created (empty) and removed on shutdown. The network namespace is the host's: pods share
+ports, so a server should bind its own pod IP. The ``image`` is ignored: a container must give
+``command``. Probes are not run: a started container is Ready.
 """
 
 from __future__ import annotations
@@ -366,6 +367,9 @@ class LocalKubelet:
         )
         self.isolate = _can_unshare()
         self.hosts = HostsFile(state_dir / "hosts")
+        # Pods resolve names from the hosts file only: DNS goes to loopback, where nothing answers.
+        self.resolv_conf = state_dir / "resolv.conf"
+        self.resolv_conf.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
         self.runs: dict[str, PodRun] = {}
         self.net = random.randrange(100, 200)
         self.next_ip = 2
@@ -470,7 +474,11 @@ class LocalKubelet:
     ) -> list[str]:
         """``argv`` wrapped to run in a private mount + UTS namespace with the pod's mounts."""
         lines = ["set -e", f"hostname {shlex.quote(host)}"]
-        mounts = [*mounts, (self.hosts.path, "/etc/hosts", False)]
+        mounts = [
+            *mounts,
+            (self.hosts.path, "/etc/hosts", False),
+            (self.resolv_conf, "/etc/resolv.conf", True),
+        ]
         for src, dst, ro in sorted(mounts, key=lambda m: len(m[1])):
             self._mountpoint(Path(dst), src.is_dir())
             lines.append(f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}")
