@@ -35,6 +35,10 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def styled(state: str | None) -> Text:
     return Text(state or "-", style=STATE_STYLES.get(state or "", ""))
 
@@ -105,7 +109,7 @@ def trials_table(status: PipelineStatus, metric: str) -> Table:
             label,
             *(fmt(trial.params.get(n)) for n in names),
             epoch,
-            fmt(value),
+            score(value),
             styled(trial.state),
         )
     return table
@@ -171,7 +175,7 @@ def live(name: str, status: PipelineStatus, metric: str, notes: list[str] | None
     if status.best_trial is not None:
         best = status.best_trial
         params = ", ".join(f"{k}={fmt(v)}" for k, v in best.params.items())
-        parts.append(Text(f"Best so far: {best.name} {metric}={fmt(best.value)}  {params}", style="green"))
+        parts.append(Text(f"Best so far: {best.name} {metric}={score(best.value)}  {params}", style="green"))
     for note in (notes or [])[-3:]:
         parts.append(Text(note, style="dim"))
     return Group(*parts)

@@ -512,6 +512,8 @@ def _tune(ctx: _Ctx) -> bool:
     planned = planned_trials(tuning)
     st.tuning = st.tuning or TuningStatus()
     st.tuning.trials = planned
+    if st.stages.tune is not None and st.stages.tune.state == "Succeeded":
+        return True  # decided once; re-deciding would announce it again on every reconcile
     ctx.stage = "tune"
     _stage(ctx, "tune", "Running")
     tuned_epochs = [int(p.max or 0) for p in tuning.parameters if p.name == "training.epochs"]
