@@ -196,7 +196,8 @@ RESOURCES_RULES = (
     Rule(
         "processesPerWorker",
         # has(): the API server also checks the rule against the schema's default ({}).
-        "!has(self.gpu) || self.gpu == 0 || (has(self.processesPerWorker) && self.processesPerWorker == self.gpu)",
+        "!has(self.gpu) || self.gpu == 0"
+        " || (has(self.processesPerWorker) && self.processesPerWorker == self.gpu)",
         "must equal gpu when gpu > 0 (one training process per GPU)",
         lambda r: r.gpu == 0 or r.processes_per_worker == r.gpu,
     ),
