@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--node-name", default="conveyor-local")
     p.add_argument("--pod-python", default=sys.executable)
     p.add_argument("--interval", type=float, default=0.25)
+    p.add_argument(
+        "--gpus", type=int, default=0, help="nvidia.com/gpu the local node advertises (none attached)"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return any(r.ns == ns and r.pod_name == pod and r.is_alive() for r in list(kubelet.runs.values()))
 
     _, port = serve_logs(kubelet.pods_dir, pki / "apiserver.crt", pki / "apiserver.key", running)
-    node.register(client.CoreV1Api(api), args.node_name, version, kubelet_port=port)
+    node.register(client.CoreV1Api(api), args.node_name, version, kubelet_port=port, gpus=args.gpus)
     provisioner = Provisioner(api, args.state_dir / "volumes")
 
     stop = threading.Event()

@@ -34,6 +34,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--gpu-product", default="NVIDIA-H100-80GB-HBM3")
     p.add_argument("--no-local-node", action="store_true", help="only simulated (KWOK) nodes")
+    p.add_argument("--local-node-gpus", type=int, default=0, help="nvidia.com/gpu the local node advertises")
     p.set_defaults(handler=run)
 
 
@@ -76,6 +77,7 @@ def up(args: argparse.Namespace, state_dir: Path) -> int:
         gpus_per_node=args.gpus_per_node,
         gpu_product=args.gpu_product,
         local_node=not args.no_local_node,
+        local_node_gpus=args.local_node_gpus,
     )
     cluster = Cluster(config)
     cluster.start()

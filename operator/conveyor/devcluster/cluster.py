@@ -75,6 +75,8 @@ class ClusterConfig:
     gpu_node_cpu: str = "64"
     gpu_node_memory: str = "512Gi"
     local_node: bool = True
+    #: nvidia.com/gpu the local node advertises, so GPU-requesting pod specs can run there on the CPU
+    local_node_gpus: int = 0
     #: python whose ``bin`` directory leads PATH for local-node pods (so ``python -m ...`` works)
     pod_python: str = field(default_factory=lambda: sys.executable)
     start_timeout: float = 60.0
@@ -363,7 +365,7 @@ class Cluster:
             [
                 self.config.pod_python, "-m", "conveyor.devcluster.agent", f"--state-dir={self.state_dir}",
                 f"--kubeconfig={self.kubeconfig}", f"--node-name={LOCAL_NODE}",
-                f"--pod-python={self.config.pod_python}",
+                f"--pod-python={self.config.pod_python}", f"--gpus={self.config.local_node_gpus}",
             ],
         )  # fmt: skip
 

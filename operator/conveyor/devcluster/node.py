@@ -39,8 +39,11 @@ def _conditions(t: str) -> list[dict[str, Any]]:
     ]
 
 
-def register(core: Any, name: str, kube_version: str, kubelet_port: int = 0) -> None:
-    """Create (or refresh) the local node: tainted, so only pods that tolerate it land there."""
+def register(core: Any, name: str, kube_version: str, kubelet_port: int = 0, gpus: int = 0) -> None:
+    """Create (or refresh) the local node: tainted, so only pods that tolerate it land there.
+
+    ``gpus`` > 0 advertises that many ``nvidia.com/gpu`` so pod specs that ask for GPUs can run here
+    (on the CPU: nothing is attached)."""
     arch = "amd64" if platform.machine() == "x86_64" else platform.machine()
     resources = {
         "cpu": str(os.cpu_count() or 1),
@@ -48,6 +51,8 @@ def register(core: Any, name: str, kube_version: str, kubelet_port: int = 0) -> 
         "pods": "110",
         "ephemeral-storage": "100Gi",
     }
+    if gpus:
+        resources["nvidia.com/gpu"] = str(gpus)
     node: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Node",
