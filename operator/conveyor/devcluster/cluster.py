@@ -79,7 +79,9 @@ class ClusterConfig:
     local_node_gpus: int = 0
     #: python whose ``bin`` directory leads PATH for local-node pods (so ``python -m ...`` works)
     pod_python: str = field(default_factory=lambda: sys.executable)
-    start_timeout: float = 60.0
+    start_timeout: float = 120.0
+    #: pid of the process whose cluster this is (pytest); None for detached clusters (dev-cluster up)
+    owner_pid: int | None = None
 
 
 class Cluster:

@@ -15,6 +15,7 @@ already running cluster (``conveyor dev-cluster up``) instead of starting one.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -55,6 +56,22 @@ def wait_for(
         time.sleep(interval)
 
 
+STATE_PREFIX = "conveyor-devcluster-"
+
+
+def reap_orphans() -> None:
+    """Stop clusters left by test sessions that were killed (their owner pid is gone)."""
+    for state in Path(tempfile.gettempdir()).glob(f"{STATE_PREFIX}*/state.json"):
+        try:
+            owner = json.loads(state.read_text())["config"].get("owner_pid")
+            if owner is None or Path(f"/proc/{owner}").exists():
+                continue
+            Cluster.attach(state.parent).stop()
+            shutil.rmtree(state.parent, ignore_errors=True)
+        except Exception:
+            continue
+
+
 @pytest.fixture(scope="session")
 def devcluster() -> Iterator[Cluster]:
     existing = os.environ.get("CONVEYOR_DEVCLUSTER_STATE")
@@ -71,8 +88,9 @@ def devcluster() -> Iterator[Cluster]:
         if _in_ci():
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
-    state_dir = Path(tempfile.mkdtemp(prefix="conveyor-devcluster-"))
-    cluster = Cluster(ClusterConfig(state_dir=state_dir, bin_dir=bin_dir))
+    reap_orphans()
+    state_dir = Path(tempfile.mkdtemp(prefix=STATE_PREFIX))
+    cluster = Cluster(ClusterConfig(state_dir=state_dir, bin_dir=bin_dir, owner_pid=os.getpid()))
     try:
         cluster.start()
     except Exception as e:
