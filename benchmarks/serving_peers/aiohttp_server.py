@@ -8,6 +8,7 @@ comparing it with `conveyor` isolates what the hand-written httptools server buy
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 
@@ -37,6 +38,8 @@ def main() -> None:
         body, _ = protocol.encode_response(decoded, signature, output)
         return web.Response(body=body, content_type="application/json")
 
+    gc.collect()
+    gc.freeze()  # as Conveyor's server does, so the ablation differs in the HTTP layer only
     app = web.Application()
     app.router.add_post("/v2/models/model/infer", infer)
     try:

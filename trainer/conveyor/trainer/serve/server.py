@@ -115,12 +115,12 @@ class InferenceServer:
                 return self._fail_route(405, "infer takes POST")
             return self.infer(request)
         if request.method != b"GET":
-            return self._fail_route(405, f"{request.method.decode()} is not allowed here")
+            return self._fail_route(405, f"{request.method.decode()} is not allowed here", "model")
         if tail == "":
             return self._count("model", Response(200, self._static["metadata"]))
         if tail == "ready":
             return self._count("model_ready", self._readiness())
-        return self._fail_route(404, f"no route {request.path}")
+        return self._fail_route(404, f"no route {request.path}", "other")
 
     def _readiness(self) -> Response:
         if self.ready and not self.http.draining:
@@ -131,8 +131,11 @@ class InferenceServer:
         self.telemetry.other(endpoint, response.status)
         return response
 
-    def _fail_route(self, status: int, message: str) -> Response:
-        self.telemetry.infer(status, 0.0)
+    def _fail_route(self, status: int, message: str, endpoint: str = "infer") -> Response:
+        if endpoint == "infer":
+            self.telemetry.infer(status, 0.0)
+        else:
+            self.telemetry.other(endpoint, status)
         return error_response(status, message)
 
     # --- inference ---
