@@ -93,6 +93,7 @@ class Cluster:
         self.procs: list[Proc] = []
         self.ports: dict[str, int] = {}
         self.etcd_data = ""
+        self.startup_seconds = 0.0
 
     # ---- paths --------------------------------------------------------------------------------
     @property
