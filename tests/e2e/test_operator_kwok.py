@@ -14,8 +14,11 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -96,6 +99,9 @@ class OperatorProcess:
         self.namespace = namespace
         self.log = workdir / "operator.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.progress_port: int = sock.getsockname()[1]
 
     def start(self) -> None:
         argv = [
@@ -113,6 +119,10 @@ class OperatorProcess:
             "0",
             "--health-port",
             "0",
+            "--progress-url",
+            f"http://127.0.0.1:{self.progress_port}",
+            "--progress-port",
+            str(self.progress_port),
             "--resync",
             "1",
         ]
@@ -512,3 +522,87 @@ def test_invalid_manifests_rejected_by_the_api_server(
     assert field in result.stderr, result.stderr
     with contextlib.suppress(Exception):
         sh(kubectl, "--kubeconfig", str(kubeconfig), "-n", namespace, "delete", "tp", "invalid", check=False)
+
+
+def post_epoch(port: int, token: str, event: dict[str, Any]) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/progress",
+        data=json.dumps(event).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def test_progress_endpoint_drives_pruning(
+    operator: OperatorProcess,
+    restricted: str,
+    k8s_api: Any,
+    kubectl: str,
+    kubeconfig: Path,
+    wait_for: Callable[..., Any],
+) -> None:
+    """Epoch events pushed with a pod-bound projected token (audience conveyor.dev) reach status, and
+    the median pruner stops a bad trial: its Job is deleted."""
+    ns = restricted
+    kube = Cluster(k8s_api, ns, wait_for)
+    manifest = pipeline_manifest("prune", ns, ensemble=None, serving=None)
+    manifest["spec"]["tuning"].update({"trials": 3, "parallelism": 1, "pruner": "median"})
+    manifest["spec"]["training"]["epochs"] = 5
+    assert apply(kubectl, kubeconfig, manifest).returncode == 0
+    kube.finish(kube.current_job("prune", "prepare"), 1, {"status": "succeeded"})
+
+    def token_for(job: str) -> str:
+        pod = next(
+            p
+            for p in kube.running_pods(job, 2)
+            if p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index") == "0"
+        )
+        return sh(
+            kubectl,
+            "--kubeconfig",
+            str(kubeconfig),
+            "-n",
+            ns,
+            "create",
+            "token",
+            "default",
+            "--audience",
+            "conveyor.dev",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            pod["metadata"]["name"],
+            "--bound-object-uid",
+            pod["metadata"]["uid"],
+        ).stdout.strip()
+
+    good = kube.current_job("prune", "trial-0000")
+    token = token_for(good)
+    assert post_epoch(operator.progress_port, "not-a-token", {"event": "epoch", "epoch": 1}) == 403
+    admin_token = sh(kubectl, "--kubeconfig", str(kubeconfig), "-n", ns, "create", "token", "default").stdout
+    assert post_epoch(operator.progress_port, admin_token.strip(), {"event": "epoch", "epoch": 1}) == 403
+    for epoch in range(1, 6):
+        event = {"event": "epoch", "epoch": epoch, "epochs": 5, "metrics": {"accuracy": 0.9 + epoch / 100}}
+        assert post_epoch(operator.progress_port, token, event) == 202
+    status = kube.wait_status("prune", lambda s: s["trials"][0].get("epoch") == 5, "epochs of trial-0000")
+    assert status["trials"][0]["values"] == [0.91, 0.92, 0.93, 0.94, 0.95]
+    kube.finish(good, 2, trial_result(0.95))
+
+    bad = kube.current_job("prune", "trial-0001")
+    token = token_for(bad)
+    for epoch in range(1, 4):
+        event = {"event": "epoch", "epoch": epoch, "epochs": 5, "metrics": {"accuracy": 0.1}}
+        post_epoch(operator.progress_port, token, event)
+    status = kube.wait_status(
+        "prune", lambda s: any(t["state"] == "Pruned" for t in s.get("trials", [])), "a pruned trial"
+    )
+    pruned = next(t for t in status["trials"] if t["state"] == "Pruned")
+    assert pruned["name"] == "trial-0001"
+    wait_for(lambda: f"job/{bad}" not in kube.children("prune"), TIMEOUT, f"Job {bad} deleted")
+    events = kube.core.list_namespaced_event(ns, field_selector="involvedObject.name=prune").items
+    assert "TrialPruned" in {e.reason for e in events}
