@@ -56,6 +56,7 @@ class Run:
 class FakeExecutor:
     spec: TrainingPipelineSpec
     fail: set[str] = field(default_factory=set)  # workload keys (name-attempt) that fail at their end
+    fail_reason: str | None = None  # the failed workloads' own verdict (their result's reason)
     test_metric: float = 0.98
     epochs: int = 4
     runs: dict[str, Run] = field(default_factory=dict)  # by workload name: the latest attempt
@@ -87,6 +88,8 @@ class FakeExecutor:
         w = run.workload
         if w.key in self.fail:
             run.state = "failed"
+            if self.fail_reason:
+                run.result = {"status": "failed", "reason": self.fail_reason, "message": "no column 'label'"}
             return
         run.state = "succeeded"
         metric = self.spec.task.metric

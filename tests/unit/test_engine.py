@@ -225,6 +225,16 @@ def test_workload_retries_up_to_backoff_limit(failures: int, phase: str) -> None
         assert status.reason == "TrainingFailed"
 
 
+@pytest.mark.parametrize("reason", ["InvalidInput", "InvalidConfig", "DataError"])
+def test_invalid_input_is_not_retried(reason: str) -> None:
+    spec = make_spec(tuning=small_tuning(), backoffLimit=2)
+    executor = FakeExecutor(spec, fail={"prepare-0"}, fail_reason=reason)
+    status, executor, _ = simulate(spec, executor)
+    assert status.phase == "Failed" and status.reason == "PrepareFailed"
+    assert executor.started == ["prepare-0"]
+    assert status.message is not None and reason in status.message and "no column 'label'" in status.message
+
+
 def test_same_inputs_decide_nothing_new() -> None:
     spec = make_spec(tuning=small_tuning())
     executor = FakeExecutor(spec)

@@ -133,6 +133,8 @@ def metrics_table(status: PipelineStatus) -> Table | None:
 def summary(name: str, status: PipelineStatus, root: str | None = None) -> list[RenderableType]:
     """The end-of-run view: metrics, the gate, where the plots are, the endpoint."""
     parts: list[RenderableType] = [header(name, status)]
+    if status.phase == "Failed" and status.message:
+        parts.append(Text(status.message, style="red"))
     table = metrics_table(status)
     if table is not None:
         parts.append(table)

@@ -29,6 +29,10 @@ from conveyor.trainer.config import ServingSpec
 Command = Literal["prepare", "train", "evaluate", "ensemble"]
 StageName = Literal["prepare", "tune", "train", "evaluate", "ensemble", "serve"]
 
+# The trainer exits with this code when its config or dataset is invalid: retrying cannot help, so
+# executors report it as a permanent failure (reason InvalidInput) and the engine does not retry.
+EXIT_INVALID_INPUT = 2
+PERMANENT_REASONS = frozenset({"InvalidInput", "InvalidConfig", "DataError"})
 DEFAULT_MASTER_PORT = 29500
 RENDEZVOUS_TIMEOUT_SECONDS = 900
 TRAINER_MODULE = "conveyor.trainer"

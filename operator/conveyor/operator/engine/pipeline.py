@@ -68,7 +68,7 @@ from conveyor.operator.engine.actions import (
 )
 from conveyor.operator.engine.observations import Observations, WorkloadObservation
 from conveyor.operator.engine.tuning import Study, planned_trials
-from conveyor.operator.workloads import Workload
+from conveyor.operator.workloads import PERMANENT_REASONS, Workload
 from conveyor.trainer.artifacts import DATA_DIR, ENSEMBLE_DIR, EVALUATION_DIR, MODEL_DIR, TRIALS_DIR
 
 ACTIVE = ("Pending", "Running")
@@ -455,7 +455,7 @@ def _single(ctx: _Ctx, name: str) -> bool:
     _stage(ctx, stage, "Running")
     if rec.state == "Failed":
         limit = ctx.spec.backoff_limit
-        if rec.failures <= limit:
+        if rec.failures <= limit and rec.reason not in PERMANENT_REASONS:
             rec.attempt += 1
             rec.state = "Pending"
             rec.completion_time = None
@@ -467,7 +467,9 @@ def _single(ctx: _Ctx, name: str) -> bool:
             ctx.start(name, rec.attempt)
         else:
             message = (
-                f"{name} failed {rec.failures} time(s) (backoffLimit {limit}); "
+                f"{name} failed: {rec.reason}: {rec.message}"
+                if rec.reason in PERMANENT_REASONS
+                else f"{name} failed {rec.failures} time(s) (backoffLimit {limit}); "
                 f"last: {rec.reason}: {rec.message}"
             )
             _fail(ctx, FAILURE_REASONS[name], message, stage)

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from conveyor.operator.engine.actions import (
     Action,
@@ -39,7 +40,7 @@ from conveyor.operator.engine.observations import (
     ServingObservation,
     WorkloadObservation,
 )
-from conveyor.operator.workloads import Workload, command_argv, serve_argv
+from conveyor.operator.workloads import EXIT_INVALID_INPUT, Workload, command_argv, serve_argv
 from conveyor.trainer import progress
 from conveyor.trainer.artifacts import RESULT_FILE
 
@@ -99,6 +100,18 @@ class LocalJob:
         if all(code == 0 for code in codes):
             return "succeeded"
         return "running"
+
+
+def failure_of(job: LocalJob, result: dict[str, Any] | None) -> tuple[str, str]:
+    """Why a job failed: the trainer's own verdict when it wrote one, else what its exit codes say."""
+    if result is not None and result.get("reason"):
+        return str(result["reason"]), str(result.get("message") or "")
+    codes = job.exit_codes()
+    tail = log_tail(job.log)
+    if EXIT_INVALID_INPUT in codes:
+        last = [line for line in tail.splitlines() if line.strip()]
+        return "InvalidInput", last[-1] if last else "invalid config or data"
+    return "ProcessFailed", f"exit codes {codes}; last log lines:\n{tail}"
 
 
 @dataclass
@@ -245,10 +258,7 @@ class LocalExecutor:
             job.finished_at = datetime.now(UTC)
         reason = message = None
         if state == "failed":
-            reason = (result or {}).get("reason") or "ProcessFailed"
-            message = (result or {}).get("message") or (
-                f"exit codes {job.exit_codes()}; last log lines:\n{log_tail(job.log)}"
-            )
+            reason, message = failure_of(job, result)
         return WorkloadObservation.from_events(
             state,
             events,
