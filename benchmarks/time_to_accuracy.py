@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -66,17 +67,20 @@ def one_run(mode: str, index: int) -> dict[str, float | int | str]:
     ]
     if mode == "torchrun":
         train = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *train]
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     for command in (
         ["-m", "conveyor.trainer", "prepare", "--config", "{}", "--out", str(run_dir / "data")],
         train,
     ):
         subprocess.run([PYTHON, *command], check=True, capture_output=True, env=env, cwd=ROOT)
     seconds = time.perf_counter() - start
+    cpu_end = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_end.ru_utime - cpu_start.ru_utime) + (cpu_end.ru_stime - cpu_start.ru_stime)
     result = json.loads((run_dir / "model" / "result.json").read_text())
     return {
         "mode": mode,
         "seconds": round(seconds, 2),
+        "cpuSeconds": round(cpu, 2),
         "testAccuracy": round(test_accuracy(run_dir), 4),
         "epochsRun": result["epochsRun"],
         "bestEpoch": result["bestEpoch"],

@@ -143,6 +143,20 @@ def test_finished_run_is_not_repeated_and_corrupt_checkpoint_starts_fresh(
     assert [e["epoch"] for e in progress.read_events(tmp_path)] == [1, 2, 3, 1, 2, 3]
 
 
+def test_dataloader_path_trains_like_the_in_memory_path(
+    iris: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folder images and big sets go through a DataLoader (workers, DistributedSampler); forced here."""
+    monkeypatch.setenv("CONVEYOR_DATA_PATH", "loader")
+    cfg = config(
+        data={"source": "builtin://iris"}, training={"epochs": 6, "batchSize": 16, "earlyStopping": None}
+    )
+    result = train(cfg, iris, tmp_path)
+    events = progress.read_events(tmp_path)
+    assert result["epochsRun"] == 6 and events[-1]["metrics"]["trainLoss"] < events[0]["metrics"]["trainLoss"]
+    assert result["objective"]["value"] >= 0.8
+
+
 # --- pieces -------------------------------------------------------------------------------------
 
 
