@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--progress-port", type=int, default=8081)
     parser.add_argument("--metrics-port", type=int, default=8080, help="0 disables /metrics")
     parser.add_argument("--health-port", type=int, default=8082, help="0 disables /healthz")
-    parser.add_argument("--resync", type=float, default=5.0, help="seconds between looks at active pipelines")
+    parser.add_argument(
+        "--resync", type=float, default=30.0, help="seconds between safety-net looks at active pipelines"
+    )
     parser.add_argument("--workers", type=int, default=4, help="pipelines reconciled concurrently")
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.set_defaults(handler=handle)

@@ -58,7 +58,7 @@ class OperatorConfig:
     progress_port: int = 8081
     metrics_port: int | None = 8080
     health_port: int | None = 8082
-    resync_seconds: float = 5.0
+    resync_seconds: float = 30.0  # a safety net: watches on Jobs, Pods and Deployments drive changes
     workers: int = 4
     kubeconfig: str | None = None
 
@@ -81,7 +81,8 @@ class Controller:
     config: OperatorConfig
     metrics: Metrics = field(default_factory=Metrics)
     store: ProgressStore = field(default_factory=ProgressStore)
-    queue: asyncio.Queue[Key] | None = None
+    queue: asyncio.PriorityQueue[tuple[int, int, Key]] | None = None
+    sequence: int = 0
     queued: set[Key] = field(default_factory=set)
     running: set[Key] = field(default_factory=set)
     dirty: set[Key] = field(default_factory=set)
@@ -108,7 +109,7 @@ class Controller:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.queue = asyncio.Queue()
+        self.queue = asyncio.PriorityQueue()
         self.tasks = [asyncio.create_task(self._work()) for _ in range(self.config.workers)]
 
     async def stop(self) -> None:
@@ -118,7 +119,9 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def enqueue(self, key: Key, delay: float = 0.0) -> None:
+    def enqueue(self, key: Key, delay: float = 0.0, urgent: bool = False) -> None:
+        """Queue `key` once; `urgent` keys (pipelines never reconciled) go before resyncs and child
+        events, so a burst of new pipelines gets its first Jobs quickly."""
         if self.loop is None or self.queue is None:
             return
         if delay > 0:
@@ -131,7 +134,8 @@ class Controller:
             self.dirty.add(key)
         elif key not in self.queued:
             self.queued.add(key)
-            self.queue.put_nowait(key)
+            self.sequence += 1
+            self.queue.put_nowait((0 if urgent else 1, self.sequence, key))
 
     def enqueue_threadsafe(self, namespace: str, pipeline_label: str) -> None:
         name = self.names.get((namespace, pipeline_label), pipeline_label)
@@ -149,7 +153,7 @@ class Controller:
     async def _work(self) -> None:
         assert self.queue is not None
         while True:
-            key = await self.queue.get()
+            _, _, key = await self.queue.get()
             self.queued.discard(key)
             self.running.add(key)
             delay: float | None = None
@@ -254,17 +258,25 @@ def registry_for(controller: Controller) -> kopf.OperatorRegistry:
 
     # Async handlers run on the event loop (kopf runs sync ones in threads): the queue is loop-only.
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def pipeline_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    async def pipeline_event(
+        type: str, namespace: str | None, name: str, status: Mapping[str, Any], **_: Any
+    ) -> None:
         key = (namespace or "", name)
         if type == "DELETED":
             controller.forget(key)
         else:
-            controller.enqueue(key)
+            controller.enqueue(key, urgent=not status)
 
     managed = {"app.kubernetes.io/managed-by": builders.FIELD_MANAGER}
 
     @kopf.on.event("batch", "v1", "jobs", labels=managed, registry=registry)
     async def job_event(body: Mapping[str, Any], **_: Any) -> None:
+        key = pipeline_key_of(body)
+        if key is not None:
+            controller.enqueue(key)
+
+    @kopf.on.event("apps", "v1", "deployments", labels=managed, registry=registry)
+    async def deployment_event(body: Mapping[str, Any], **_: Any) -> None:
         key = pipeline_key_of(body)
         if key is not None:
             controller.enqueue(key)
