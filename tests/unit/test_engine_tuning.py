@@ -9,7 +9,7 @@ import pytest
 
 from conveyor.operator.api.spec import TuningSpec
 from conveyor.operator.api.status import TrialStatus
-from conveyor.operator.engine.tuning import Study, distributions, grid_points, planned_trials
+from conveyor.operator.engine.tuning import Study, distributions, grid_points, planned_trials, warmup_epochs
 
 MIXED = [
     {"name": "optimizer.learningRate", "type": "float", "min": 1e-4, "max": 1e-1, "log": True},
@@ -188,3 +188,12 @@ def test_pruning_checks_each_epoch_once() -> None:
     trial.values = [0.99, 0.99, 0.0, 0.0]  # a collapse after the checked epochs is judged on its own
     assert Study(spec, [*history, trial], True, max_epochs=9).check_pruning(trial) in (None, 3)
     assert rungs <= set(trial.attrs)
+
+
+@pytest.mark.parametrize(
+    ("given", "epochs", "expected"), [(None, 30, 3), (None, 5, 1), (None, 100, 10), (7, 30, 7), (1, 30, 1)]
+)
+def test_pruners_wait_a_tenth_of_the_epochs_unless_told(
+    given: int | None, epochs: int, expected: int
+) -> None:
+    assert warmup_epochs(tuning(warmup_epochs=given), epochs) == expected

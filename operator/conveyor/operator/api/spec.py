@@ -124,11 +124,12 @@ class TuningSpec(Spec):
         description="Early stopping of unpromising trials from their per-epoch objective: none, median, "
         "asha (successive halving) or hyperband.",
     )
-    warmup_epochs: int = Field(
-        default=1,
+    warmup_epochs: int | None = Field(
+        default=None,
         ge=1,
         le=1000,
-        description="Epochs every trial runs before a pruner may stop it (min resource).",
+        description="Epochs every trial runs before a pruner may stop it (min resource); "
+        "default: a tenth of training.epochs.",
     )
     parameters: list[TuningParameter] = Field(
         min_length=1, max_length=MAX_PARAMETERS, description="The search space."

@@ -16,7 +16,9 @@ Choices: TPE and CMA-ES start with `max(2, min(10, trials // 3))` random trials 
 still leave room for the model); TPE uses the constant liar so parallel asks spread out; CMA-ES samples
 categorical parameters with an independent random sampler (CMA-ES is continuous only); grid search runs
 at most the size of the grid. ASHA and Hyperband use reduction factor 3 with `warmupEpochs` as the
-minimum resource; the median pruner waits for `warmupEpochs` and a few finished trials.
+minimum resource; the median pruner waits for `warmupEpochs` and a few finished trials. `warmupEpochs`
+defaults to a tenth of the epochs: one epoch says little about a learning rate, and pruning on it
+keeps the cheap, fast starters rather than the good ones.
 """
 
 from __future__ import annotations
@@ -112,19 +114,22 @@ def make_sampler(tuning: TuningSpec, number: int) -> optuna.samplers.BaseSampler
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(tuning), constant_liar=True)
 
 
+def warmup_epochs(tuning: TuningSpec, max_epochs: int) -> int:
+    return tuning.warmup_epochs or max(1, math.ceil(max_epochs / 10))
+
+
 def make_pruner(tuning: TuningSpec, max_epochs: int) -> optuna.pruners.BasePruner:
+    warmup = warmup_epochs(tuning, max_epochs)
     if tuning.pruner == "median":
         return optuna.pruners.MedianPruner(
-            n_startup_trials=max(1, min(5, tuning.trials // 4)), n_warmup_steps=tuning.warmup_epochs
+            n_startup_trials=max(1, min(5, tuning.trials // 4)), n_warmup_steps=warmup
         )
     if tuning.pruner == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=tuning.warmup_epochs, reduction_factor=REDUCTION_FACTOR
-        )
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=warmup, reduction_factor=REDUCTION_FACTOR)
     if tuning.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=tuning.warmup_epochs,
-            max_resource=max(max_epochs, tuning.warmup_epochs),
+            min_resource=warmup,
+            max_resource=max(max_epochs, warmup),
             reduction_factor=REDUCTION_FACTOR,
         )
     return optuna.pruners.NopPruner()
