@@ -63,6 +63,8 @@ def attempt_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
     still in it: a restarted rank that reads its peer's key before the new peer wrote it connects to the
     dead process and fails (seen with gloo under `--max-restarts`). A prefix per attempt keeps each
     attempt's keys apart. Without torchrun's agent, rank 0 hosts the store, as `env://` would.
+    With several nodes each agent counts its own restarts; the counts agree because a lost worker
+    makes every other rank's next collective fail, so every agent restarts its workers as failed.
     """
     host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
