@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from tiny_models import make_data_dir, make_model_dir
+from tritonclient.utils import InferenceServerException
 
 from conveyor.trainer.predictor import load_predictor
 
@@ -201,6 +202,14 @@ def test_bad_requests_get_4xx_with_a_message(
 ) -> None:
     got, error = post(server, payload)
     assert got == status and re.search(message, error), error
+    assert server.client().is_server_live()
+
+
+def test_non_finite_binary_input_is_rejected(server: Server, raw_rows: np.ndarray) -> None:
+    rows = raw_rows[:2].copy()
+    rows[1, 5] = np.nan
+    with pytest.raises(InferenceServerException, match="NaN or infinity"):
+        infer(server.client(), "model", rows, binary=True)
     assert server.client().is_server_live()
 
 
