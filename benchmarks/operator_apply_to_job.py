@@ -47,12 +47,20 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (clock ticks from /proc/<pid>/stat)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--pipelines", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=4, help="operator --workers")
+    parser.add_argument("--workers", type=int, default=16, help="operator --workers")
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "out" / "operator_apply_to_job.json"
@@ -120,6 +128,12 @@ def main() -> int:
                 "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
             },
         )
+        import socket
+        import urllib.request
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            metrics_port = sock.getsockname()[1]
         log = (state / "operator.log").open("wb")
         operator = subprocess.Popen(
             [
@@ -132,7 +146,7 @@ def main() -> int:
                 "--namespace",
                 ns,
                 "--metrics-port",
-                "0",
+                str(metrics_port),
                 "--health-port",
                 "0",
                 "--workers",
@@ -178,6 +192,22 @@ def main() -> int:
         burst_seconds = time.monotonic() - burst_start
         done.wait(args.timeout)
         current, peak = rss_mb(operator.pid)
+        operator_cpu = cpu_seconds(operator.pid)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
+            metrics = reply.read().decode()
+        reconciles = {
+            line.split()[0]: float(line.split()[1])
+            for line in metrics.splitlines()
+            if line.startswith(
+                (
+                    "conveyor_reconciles_total",
+                    "conveyor_reconcile_seconds_sum",
+                    "conveyor_reconcile_seconds_count",
+                    "conveyor_api_errors_total",
+                )
+            )
+        }
+        load = Path("/proc/loadavg").read_text().split()[:3]
         operator.terminate()
         operator.wait(30)
 
@@ -195,6 +225,9 @@ def main() -> int:
         }
         if latencies
         else None,
+        "operator_cpu_seconds": round(operator_cpu, 1),
+        "operator_metrics": reconciles,
+        "load_average": load,
         "operator_rss_mb": {"idle": round(idle_rss, 1), "after": round(current, 1), "peak": round(peak, 1)},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

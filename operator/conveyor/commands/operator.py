@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--resync", type=float, default=30.0, help="seconds between safety-net looks at active pipelines"
     )
-    parser.add_argument("--workers", type=int, default=4, help="pipelines reconciled concurrently")
+    parser.add_argument("--workers", type=int, default=16, help="pipelines reconciled concurrently")
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.set_defaults(handler=handle)
 

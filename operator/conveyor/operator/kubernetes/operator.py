@@ -28,6 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -59,7 +60,7 @@ class OperatorConfig:
     metrics_port: int | None = 8080
     health_port: int | None = 8082
     resync_seconds: float = 30.0  # a safety net: watches on Jobs, Pods and Deployments drive changes
-    workers: int = 4
+    workers: int = 16
     kubeconfig: str | None = None
 
 
@@ -109,6 +110,9 @@ class Controller:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        # One thread per queue worker: a reconcile is mostly waiting on the API server, so
+        # concurrency, not CPU, bounds how fast a burst of pipelines gets its Jobs.
+        self.loop.set_default_executor(ThreadPoolExecutor(self.config.workers, "reconcile"))
         self.queue = asyncio.PriorityQueue()
         self.tasks = [asyncio.create_task(self._work()) for _ in range(self.config.workers)]
 
