@@ -429,7 +429,8 @@ def serving_objects(
     name = serving_name(owner.name)
     object_labels = labels(owner, SERVING, SERVING)
     root = storage(owner).root
-    argv = [settings.python, "-m", TRAINER_MODULE, *serve_argv(model, serving, root), "--host", "0.0.0.0"]
+    served = serve_argv(model, serving, root, name=owner.name)
+    argv = [settings.python, "-m", TRAINER_MODULE, *served, "--host", "0.0.0.0"]
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5}
     container: dict[str, Any] = {
         "name": SERVER_CONTAINER,
