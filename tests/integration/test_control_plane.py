@@ -530,3 +530,60 @@ def test_local_indexed_job_ranks_find_rank0(k8s_api: Any, namespace: str) -> Non
     rank0_ip = next(p.status.pod_ip for p in pods.values() if p.spec.hostname == "indexed-0")
     assert (root / "rank-0").read_text() == f"indexed-0 {rank0_ip}"
     assert (root / "rank-1").read_text() == f"indexed-1 {rank0_ip}"
+
+
+SHADOWS = """
+import json, os
+open("/tmp/scratch", "w").write("private")
+open("/artifacts/out.txt", "w").write("via the claim")
+open("/cache/out.txt", "w").write("via hostPath")
+report = {"tmp": sorted(os.listdir("/tmp")), "hosts": "conveyor local-node pods" in open("/etc/hosts").read()}
+open("/dev/termination-log", "w").write(json.dumps(report))
+"""
+
+
+def test_local_pod_with_tmp_emptydir_still_mounts_sources_under_tmp(
+    devcluster: Any, k8s_api: Any, namespace: str
+) -> None:
+    """An emptyDir at /tmp must not hide the other volumes' sources, which live in the test bed's
+    state directory (itself under /tmp): the claim's PV directory, a hostPath (DirectoryOrCreate,
+    created by the kubelet), the termination-message file and the cluster hosts file."""
+    core: Any = client.CoreV1Api(k8s_api)
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {"name": "shared"},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
+    cache = Path(devcluster.state_dir) / "host-cache" / uuid.uuid4().hex[:8] / "made-by-kubelet"
+    pod = local_pod("shadows", SHADOWS)
+    container = pod["spec"]["containers"][0]
+    container["workingDir"] = "/tmp"
+    container["volumeMounts"] = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "data", "mountPath": "/artifacts"},
+        {"name": "cache", "mountPath": "/cache"},
+    ]
+    pod["spec"]["volumes"] = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "data", "persistentVolumeClaim": {"claimName": "shared"}},
+        {"name": "cache", "hostPath": {"path": str(cache), "type": "DirectoryOrCreate"}},
+    ]
+    core.create_namespaced_pod(namespace, pod)
+
+    def done() -> Any:
+        p = core.read_namespaced_pod("shadows", namespace)
+        return p if p.status.phase in ("Succeeded", "Failed") else None
+
+    finished = wait_for(done, 90, "pod finished")
+    term = finished.status.container_statuses[0].state.terminated
+    assert finished.status.phase == "Succeeded", (term, finished.status.message)
+    report = json.loads(term.message)
+    assert report["tmp"] == ["scratch"]  # the pod's own, empty /tmp
+    assert report["hosts"]  # the cluster hosts file, from the state directory under /tmp
+    pvc = core.read_namespaced_persistent_volume_claim("shared", namespace)
+    root = Path(core.read_persistent_volume(pvc.spec.volume_name).spec.host_path.path)
+    assert (root / "out.txt").read_text() == "via the claim"
+    assert (cache / "out.txt").read_text() == "via hostPath"
+    assert not Path("/tmp/scratch").exists()

@@ -344,6 +344,21 @@ class PodRun(threading.Thread):
         self.join(timeout=5)
 
 
+def _host_path(path: str, kind: str | None) -> Path:
+    """A hostPath source, created as the kubelet does for ``DirectoryOrCreate``/``FileOrCreate``."""
+    p = Path(path)
+    if kind == "DirectoryOrCreate":
+        p.mkdir(parents=True, exist_ok=True)
+    elif kind == "FileOrCreate" and not p.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.touch()
+    elif kind == "Directory" and not p.is_dir():
+        raise ValueError(f"hostPath {path} is not a directory")
+    elif kind == "File" and not p.is_file():
+        raise ValueError(f"hostPath {path} is not a file")
+    return p
+
+
 def _rewrite(value: str, mounts: list[tuple[Path, str, bool]]) -> str:
     """Without mount namespaces: map mount paths to their local directories by prefix."""
     for src, dst, _ in sorted(mounts, key=lambda m: -len(m[1])):
@@ -366,6 +381,7 @@ class LocalKubelet:
             [str(Path(pod_python).parent), os.environ.get("PATH", "/usr/bin:/bin")]
         )
         self.isolate = _can_unshare()
+        self.shell = shutil.which("bash") or "/bin/bash"  # descriptors above 9 (dash stops at 9)
         self.hosts = HostsFile(state_dir / "hosts")
         # Pods resolve names from the hosts file only: DNS goes to loopback, where nothing answers.
         self.resolv_conf = state_dir / "resolv.conf"
@@ -411,11 +427,13 @@ class LocalKubelet:
                 if not pvc.spec.volume_name:
                     raise ValueError(f"PVC {ns}/{pvc.metadata.name} is not bound")
                 pv = self.core.read_persistent_volume(pvc.spec.volume_name)
-                src = pv.spec.host_path.path if pv.spec.host_path else pv.spec.local.path
-                out[name] = Path(src)
+                if pv.spec.host_path:
+                    out[name] = _host_path(pv.spec.host_path.path, pv.spec.host_path.type)
+                else:
+                    out[name] = Path(pv.spec.local.path)
                 continue
             if "hostPath" in v:
-                out[name] = Path(v["hostPath"]["path"])
+                out[name] = _host_path(v["hostPath"]["path"], v["hostPath"].get("type"))
                 continue
             target.mkdir(parents=True, exist_ok=True)
             out[name] = target
@@ -472,18 +490,30 @@ class LocalKubelet:
     def isolated_argv(
         self, argv: list[str], mounts: list[tuple[Path, str, bool]], host: str, workdir: str
     ) -> list[str]:
-        """``argv`` wrapped to run in a private mount + UTS namespace with the pod's mounts."""
+        """``argv`` wrapped to run in a private mount + UTS namespace with the pod's mounts.
+
+        Every source is opened (a file descriptor) before the first mount is made, and each mount
+        binds ``/proc/self/fd/N``: a mount can then never hide a later mount's source (an emptyDir at
+        ``/tmp`` hides nothing of the state directory under ``/tmp``). Destinations are mounted
+        parents first, so ``/data`` never covers ``/data/sub``.
+        """
         lines = ["set -e", f"hostname {shlex.quote(host)}"]
         mounts = [
             *mounts,
             (self.hosts.path, "/etc/hosts", False),
             (self.resolv_conf, "/etc/resolv.conf", True),
         ]
-        for src, dst, ro in sorted(mounts, key=lambda m: len(m[1])):
+        ordered = sorted(mounts, key=lambda m: len(m[1]))
+        fds = [10 + i for i in range(len(ordered))]
+        for fd, (src, dst, _) in zip(fds, ordered, strict=True):
             self._mountpoint(Path(dst), src.is_dir())
-            lines.append(f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}")
+            lines.append(f"exec {fd}<{shlex.quote(str(src))}")
+        for fd, (_, dst, ro) in zip(fds, ordered, strict=True):
+            lines.append(f"mount --no-canonicalize --bind /proc/self/fd/{fd} {shlex.quote(dst)}")
             if ro:
                 lines.append(f"mount -o remount,bind,ro {shlex.quote(dst)}")
+        if fds:
+            lines.append("exec " + " ".join(f"{fd}<&-" for fd in fds))
         lines.append(f"mkdir -p {shlex.quote(workdir)} && cd {shlex.quote(workdir)}")
         lines.append('exec "$@"')
         script = "\n".join(lines)
@@ -494,7 +524,7 @@ class LocalKubelet:
             "--propagation",
             "private",
             "--",
-            "/bin/sh",
+            self.shell,
             "-c",
             script,
             "sh",
