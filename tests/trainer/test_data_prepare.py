@@ -208,3 +208,52 @@ def test_cli_reports_bad_data_in_one_line_with_status_2(tmp_path: Path) -> None:
     assert done.stderr.strip().count("\n") == 0 and "available columns: x1, x2" in done.stderr
     done = cli("prepare", "--config", '{"data": {"source": "builtin://mnist"}}', "--out", tmp_path / "out")
     assert done.returncode == 2 and "data" in done.stderr and "builtin://digits" in done.stderr
+
+
+def test_cli_prepare_leaves_a_result_and_a_termination_message(tmp_path: Path) -> None:
+    """On Kubernetes a Job that completes without a termination message is a failed workload."""
+    import os
+    import subprocess
+    import sys
+
+    from training_helpers import REPO, child_env
+
+    term = tmp_path / "termination-log"
+    term.write_text("")
+    argv = [sys.executable, "-m", "conveyor.trainer", "prepare", "--out", str(tmp_path / "data")]
+    argv += ["--config", '{"data": {"source": "builtin://iris"}}']
+    env = {**child_env(), "CONVEYOR_TERMINATION_LOG": str(term), "CONVEYOR_ATTEMPT": "2"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    message = json.loads(term.read_text())
+    assert message["status"] == "succeeded" and message["attempt"] == 2
+    assert message["sizes"] == {"train": 104, "validation": 23, "test": 23}
+    assert json.loads((tmp_path / "data" / "result.json").read_text()) == message
+    assert os.access(tmp_path / "data" / "train.npz", os.R_OK)
+
+
+def test_csv_over_http(tmp_path: Path) -> None:
+    """http(s):// sources go through fsspec's HTTP filesystem (here a server on loopback)."""
+    import functools
+    import http.server
+    import threading
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"x": rng.normal(size=40), "y": rng.normal(size=40)})
+    frame["label"] = (frame["x"] > 0).astype(int)
+    served = tmp_path / "www"
+    served.mkdir()
+    frame.to_csv(served / "set.csv", index=False)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/set.csv"
+        meta = prepare(config(data={"source": url}), tmp_path / "data")
+        assert meta.feature_names == ["x", "y"] and meta.classes == ["0", "1"]
+        assert sum(meta.sizes.values()) == 40
+        with pytest.raises(DataError, match=r"missing\.csv"):
+            prepare(config(data={"source": url.replace("set", "missing")}), tmp_path / "none")
+    finally:
+        server.shutdown()
