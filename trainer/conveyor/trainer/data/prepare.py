@@ -239,7 +239,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from conveyor.trainer.config import load_config
-    from conveyor.trainer.progress import main_print
+    from conveyor.trainer.progress import main_print, write_result
 
     config = load_config(args.config)
     done = is_complete(args.out)
@@ -248,4 +248,7 @@ def run(args: argparse.Namespace) -> int:
     main_print(
         f"{args.out}: {state} {meta.source} ({meta.task}, shape {meta.feature_shape}, sizes {meta.sizes})"
     )
+    # Like every stage, a durable result (result.json + the termination message on Kubernetes, where
+    # a Job that completes without one counts as failed).
+    write_result(args.out, {"status": "succeeded", "task": meta.task, "sizes": dict(meta.sizes)})
     return 0
