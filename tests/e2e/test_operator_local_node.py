@@ -1,0 +1,153 @@
+"""The operator's own pod specs, really run: a small pipeline on the test bed's local node, whose pods
+execute as local processes (2 torchrun workers per training job, rendezvous through the headless
+Service's DNS name), with results flowing back through termination messages and the served model
+answering an Open Inference Protocol request."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import test_operator_kwok
+import tritonclient.http as httpclient
+import yaml
+from test_operator_kwok import REFERENCE, Cluster, OperatorProcess, apply, sa_kubeconfig, sh
+
+from conveyor.devcluster.cluster import LOCAL_NODE
+from conveyor.devcluster.node import LOCAL_NODE_LABEL
+from conveyor.operator.kubernetes.builders import LABEL_WORKLOAD
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+release = test_operator_kwok.release  # the chart installed once per module (operator replicas 0)
+LOCAL = {
+    "nodeSelector": {LOCAL_NODE_LABEL: "true"},
+    "tolerations": [{"key": LOCAL_NODE_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def local_operator(
+    release: str, namespace: str, kubeconfig: Path, kubectl: str, k8s_api: Any, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    from kubernetes import client
+
+    core: Any = client.CoreV1Api(k8s_api)
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {"name": "conveyor-artifacts"},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
+
+    process = OperatorProcess(
+        sa_kubeconfig(kubeconfig, kubectl, release, tmp_path / "sa.kubeconfig"), namespace, tmp_path
+    )
+    process.start()
+    try:
+        yield process
+    finally:
+        process.kill()
+        print(process.tail())
+
+
+def test_small_pipeline_really_runs_on_the_local_node(
+    local_operator: OperatorProcess,
+    namespace: str,
+    k8s_api: Any,
+    kubectl: str,
+    kubeconfig: Path,
+    wait_for: Callable[..., Any],
+) -> None:
+    kube = Cluster(k8s_api, namespace, wait_for)
+    manifest: dict[str, Any] = yaml.safe_load(REFERENCE.read_text())
+    manifest["metadata"] = {"name": "tiny", "namespace": namespace}
+    spec = manifest["spec"]
+    spec["data"]["source"] = "builtin://iris"
+    spec["data"].pop("augmentation", None)
+    spec["model"] = {"architecture": "mlp", "hiddenSize": 32}
+    spec["training"].update({"epochs": 3, "batchSize": 16})
+    spec["resources"] = {"workers": 2, "processesPerWorker": 1, "gpu": 0, "cpu": "1", "memory": "1Gi"}
+    spec["tuning"].update({"trials": 2, "parallelism": 1, "pruner": "none", "algorithm": "random"})
+    spec["evaluation"]["gate"] = {"metric": "accuracy", "min": 0.3}
+    spec["ensemble"]["topK"] = 2
+    port = free_port()
+    spec["serving"] = {"replicas": 1, "port": port, "quantization": "none"}
+    spec["scheduling"] = LOCAL
+    assert apply(kubectl, kubeconfig, manifest).returncode == 0
+
+    def serving_or_failed() -> dict[str, Any] | None:
+        s = kube.status("tiny")
+        return s if s.get("phase") == "Failed" or (s.get("serving") or {}).get("ready") else None
+
+    status = wait_for(serving_or_failed, 420, "the pipeline to serve")
+    assert status["phase"] == "Serving", json.dumps(status, indent=1)[:3000]
+    # Both trials and the final training really trained, and their results came back through the
+    # termination messages (the only channel: the pods have no API access and no progress token).
+    trials = status["trials"]
+    assert [t["state"] for t in trials] == ["Succeeded", "Succeeded"], trials
+    assert all(0.0 <= t["value"] <= 1.0 for t in trials), trials
+    assert all(status["stages"][s]["state"] == "Succeeded" for s in ("prepare", "tune", "train", "evaluate"))
+    assert status["evaluation"]["ensemble"]["accuracy"] >= 0.3, status["evaluation"]
+
+    # Each training Job ran as 2 worker pods on the local node, under torchrun with 2 nodes whose
+    # rank 0 was found by its headless-Service DNS name; both ranks finished the same DDP run.
+    jobs = kube.batch.list_namespaced_job(namespace).items
+    training = [j for j in jobs if j.spec.completion_mode == "Indexed"]
+    assert len(training) == 3, [j.metadata.name for j in jobs]  # 2 trials + the final training
+    for job in training:
+        name = job.metadata.name
+        assert job.status.succeeded == 2, (name, job.status)
+        pods = kube.pods(name)
+        assert len(pods) == 2 and {p["spec"]["nodeName"] for p in pods} == {LOCAL_NODE}, name
+        assert len({p["status"]["podIP"] for p in pods}) == 2
+        for pod in pods:
+            (container,) = pod["spec"]["containers"]
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env["PET_NNODES"] == "2" and env["WORLD_SIZE"] == "2", env
+            assert env["PET_MASTER_ADDR"] == env["MASTER_ADDR"] == f"{name}-0.{name}", env
+            assert "torch.distributed.run" in " ".join(container["command"] + container.get("args", []))
+        pods.sort(key=lambda p: p["spec"]["hostname"])
+        assert [p["spec"]["hostname"] for p in pods] == [f"{name}-0", f"{name}-1"]
+        ends = [p["status"]["containerStatuses"][0]["state"]["terminated"] for p in pods]
+        assert [e["exitCode"] for e in ends] == [0, 0], ends
+        result = json.loads(ends[0]["message"])  # rank 0 reports the result
+        assert result["status"] == "succeeded" and result["epochsRun"] == 3, result
+        trial = next((t for t in trials if name.startswith(f"tiny-{t['name']}-")), None)
+        if trial is not None:
+            assert trial["value"] == pytest.approx(result["objective"]["value"]), (trial, result)
+
+    # The served model answers an Open Inference Protocol v2 request (the pod binds its own address
+    # on the shared host network; the local node reports a started container Ready without probes,
+    # so wait until the server itself says it is ready).
+    serve = kube.core.list_namespaced_pod(namespace, label_selector=f"{LABEL_WORKLOAD}=serve").items
+    ip = next(p.status.pod_ip for p in serve if p.status.phase == "Running")
+    oip = httpclient.InferenceServerClient(url=f"{ip}:{port}", network_timeout=30)
+
+    def ready() -> bool:
+        try:
+            return bool(oip.is_model_ready("tiny"))
+        except Exception:  # connection refused while the server imports torch
+            return False
+
+    wait_for(ready, 180, "the served model to be ready")
+    inputs = httpclient.InferInput("input", [2, 4], "FP32")
+    inputs.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32))
+    answer = oip.infer("tiny", [inputs])
+    probabilities = answer.as_numpy("probabilities")
+    assert probabilities is not None and probabilities.shape == (2, 3), answer.get_response()
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    assert status["serving"]["ready"] and status["serving"].get("url"), status["serving"]
+    sh(kubectl, "--kubeconfig", str(kubeconfig), "-n", namespace, "delete", "tp", "tiny", "--wait=true")
