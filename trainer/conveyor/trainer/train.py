@@ -99,7 +99,11 @@ def _train(
     if training.compile:
         model = torch.compile(model)  # type: ignore[assignment]
     ddp: nn.Module = (
-        DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+        DistributedDataParallel(
+            model,
+            device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
+            gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: one copy less per step
+        )
         if ctx.distributed
         else model
     )
@@ -370,14 +374,16 @@ def random_shift(x: torch.Tensor, shift: int) -> torch.Tensor:
 
 def build_optimizer(spec: OptimizerSpec, model: nn.Module) -> torch.optim.Optimizer:
     params, lr, wd = model.parameters(), spec.learning_rate, spec.weight_decay
+    # fused: one kernel updates every parameter, instead of a Python loop over tensors.
     if spec.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=wd, fused=True)
     if spec.name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=True)
     if spec.name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    if spec.name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=True)
+    if spec.name == "adagrad":  # torch fuses Adagrad on CPU only
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd, fused=on_cpu or None)
     return torch.optim.RMSprop(params, lr=lr, momentum=spec.momentum, weight_decay=wd)
 
 
