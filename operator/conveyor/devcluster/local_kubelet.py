@@ -29,6 +29,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -380,6 +381,11 @@ class LocalKubelet:
         self.path_env = os.pathsep.join(
             [str(Path(pod_python).parent), os.environ.get("PATH", "/usr/bin:/bin")]
         )
+        # The pod's python and the code it imports live on the host. A volume mounted over one of
+        # their parents (an emptyDir at /tmp while the checkout is under /tmp) must not hide them.
+        self.keep_visible = sorted(
+            {Path(pod_python).parent.parent, *(Path(p) for p in sys.path if p and Path(p).is_dir())}
+        )
         self.isolate = _can_unshare()
         self.shell = shutil.which("bash") or "/bin/bash"  # descriptors above 9 (dash stops at 9)
         self.hosts = HostsFile(state_dir / "hosts")
@@ -503,12 +509,16 @@ class LocalKubelet:
             (self.hosts.path, "/etc/hosts", False),
             (self.resolv_conf, "/etc/resolv.conf", True),
         ]
+        hidden = [p for p in self.keep_visible if any(Path(dst) in p.parents for _, dst, _ in mounts)]
+        mounts += [(p, str(p), False) for p in hidden]  # bound back on top, from the host's copy
         ordered = sorted(mounts, key=lambda m: len(m[1]))
         fds = [10 + i for i in range(len(ordered))]
         for fd, (src, dst, _) in zip(fds, ordered, strict=True):
             self._mountpoint(Path(dst), src.is_dir())
             lines.append(f"exec {fd}<{shlex.quote(str(src))}")
-        for fd, (_, dst, ro) in zip(fds, ordered, strict=True):
+        for fd, (src, dst, ro) in zip(fds, ordered, strict=True):
+            if src in hidden:  # its mount point is now inside a volume: make it there
+                lines.append(f"mkdir -p {shlex.quote(dst)}")
             lines.append(f"mount --no-canonicalize --bind /proc/self/fd/{fd} {shlex.quote(dst)}")
             if ro:
                 lines.append(f"mount -o remount,bind,ro {shlex.quote(dst)}")
