@@ -11,6 +11,7 @@ stage durations. Target: test accuracy >= 0.97 within 3 minutes on 2 CPU cores.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,7 @@ def main() -> int:
             if "Serving until Ctrl-C" in line or proc.poll() is not None:
                 break
         elapsed = time.monotonic() - started
-        proc.terminate()
+        proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
         status = json.loads((root / "status.json").read_text())
     served = status["gate"]["candidate"]

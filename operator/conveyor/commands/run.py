@@ -8,6 +8,7 @@ process; the same command again resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -26,6 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fresh", action="store_true", help="discard a previous run's status and artifacts")
     parser.add_argument("--plain", action="store_true", help="no live view (logs progress lines instead)")
     parser.set_defaults(handler=handle)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -56,6 +61,9 @@ def handle(args: argparse.Namespace) -> int:
     root = args.root or default_root(pipeline)
     if args.fresh and root.exists():
         shutil.rmtree(root)
+    # SIGTERM (kill, timeout, a supervisor) stops the children like Ctrl-C does: they run in their own
+    # sessions, so nobody else would.
+    signal.signal(signal.SIGTERM, _interrupt)
     run = LocalRun.create(pipeline, root, serve=not args.no_serve)
     run.executor.serving_port = args.port
     metric = pipeline.spec.task.metric
