@@ -195,8 +195,17 @@ def restricted(namespace: str, kubectl: str, kubeconfig: Path, k8s_api: Any) -> 
 def operator(
     release: str, restricted: str, kubeconfig: Path, kubectl: str, tmp_path: Path
 ) -> Iterator[OperatorProcess]:
+    with running_operator(release, restricted, kubeconfig, kubectl, tmp_path) as process:
+        yield process
+
+
+@contextlib.contextmanager
+def running_operator(
+    release: str, namespace: str, kubeconfig: Path, kubectl: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The operator with the chart's ServiceAccount credentials, killed (log tail printed) afterwards."""
     process = OperatorProcess(
-        sa_kubeconfig(kubeconfig, kubectl, release, tmp_path / "sa.kubeconfig"), restricted, tmp_path
+        sa_kubeconfig(kubeconfig, kubectl, release, tmp_path / "sa.kubeconfig"), namespace, tmp_path
     )
     process.start()
     try:

@@ -16,7 +16,7 @@ import pytest
 import test_operator_kwok
 import tritonclient.http as httpclient
 import yaml
-from test_operator_kwok import REFERENCE, Cluster, OperatorProcess, apply, sa_kubeconfig, sh
+from test_operator_kwok import REFERENCE, Cluster, OperatorProcess, apply, running_operator, sh
 
 from conveyor.devcluster.cluster import LOCAL_NODE
 from conveyor.devcluster.node import LOCAL_NODE_LABEL
@@ -52,15 +52,8 @@ def local_operator(
         },
     )
 
-    process = OperatorProcess(
-        sa_kubeconfig(kubeconfig, kubectl, release, tmp_path / "sa.kubeconfig"), namespace, tmp_path
-    )
-    process.start()
-    try:
+    with running_operator(release, namespace, kubeconfig, kubectl, tmp_path) as process:
         yield process
-    finally:
-        process.kill()
-        print(process.tail())
 
 
 def test_small_pipeline_really_runs_on_the_local_node(

@@ -19,6 +19,15 @@ from conveyor.operator.api.resource import ManifestError, parse
 
 cel = pytest.importorskip("cel")
 
+RULE_GROUPS = (
+    rules.ROOT_RULES,
+    rules.SPEC_RULES,
+    rules.TUNING_RULES,
+    rules.PARAMETER_RULES,
+    rules.RESOURCES_RULES,
+    rules.ENV_RULES,
+)
+
 
 def _nodes(document: dict[str, Any]) -> list[tuple[tuple[rules.Rule, ...], dict[str, Any]]]:
     """(rules, the object they sit on) for every rule-carrying object of a manifest, as the API server
@@ -77,14 +86,7 @@ def _python_failures(document: dict[str, Any]) -> set[str]:
 
 
 def test_every_rule_compiles() -> None:
-    for group in (
-        rules.ROOT_RULES,
-        rules.SPEC_RULES,
-        rules.TUNING_RULES,
-        rules.PARAMETER_RULES,
-        rules.RESOURCES_RULES,
-        rules.ENV_RULES,
-    ):
+    for group in RULE_GROUPS:
         for rule in group:
             if rule.cel:
                 cel.compile(rule.cel)
@@ -110,14 +112,7 @@ def test_cel_and_python_agree(mutate: Any) -> None:
         pytest.skip("no spec")
     all_messages = {
         r.message
-        for g in (
-            rules.ROOT_RULES,
-            rules.SPEC_RULES,
-            rules.TUNING_RULES,
-            rules.PARAMETER_RULES,
-            rules.RESOURCES_RULES,
-            rules.ENV_RULES,
-        )
+        for g in RULE_GROUPS
         for r in g
         if r.cel
     }
