@@ -1,11 +1,13 @@
 """Prometheus metrics of the operator (anchors §6 #6: users ask for controller metrics, not only GPU
 dashboards). One registry per operator, passed in, so tests and several operators in one process do
-not collide. Gauges are recomputed from the statuses the operator last wrote, so they are right after a
-restart without any state of their own."""
+not collide. Gauges count the statuses the operator last decided (each pipeline's share is swapped on
+every reconcile, under a lock: reconciles run in several threads), so they are right after a restart
+without any state of their own."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections import Counter as Tally
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -41,14 +43,30 @@ class Metrics:
         self.api_errors = Counter(
             "conveyor_api_errors_total", "Kubernetes API errors by verb.", ["verb"], registry=r
         )
-        self.statuses: dict[tuple[str, str], PipelineStatus] = {}
+        for phase in PHASES:
+            self.pipelines.labels(phase).set(0)
+        for state in TRIAL_STATES:
+            self.trials.labels(state).set(0)
+        self._shares: dict[tuple[str, str], tuple[str, Tally[str]]] = {}
+        self._lock = threading.Lock()
 
     def record(self, key: tuple[str, str], old: PipelineStatus | None, new: PipelineStatus | None) -> None:
-        """Recompute the gauges with `key`'s new status; observe stages that just finished."""
-        if new is None:
-            self.statuses.pop(key, None)
-        else:
-            self.statuses[key] = new
+        """Swap `key`'s share of the gauges for its new status; observe stages that just finished."""
+        share: tuple[str, Tally[str]] | None = None
+        if new is not None:
+            share = (new.phase, Tally(trial.state for trial in new.trials))
+        with self._lock:
+            previous = self._shares.pop(key, None)
+            if previous is not None:
+                self.pipelines.labels(previous[0]).dec()
+                for state, count in previous[1].items():
+                    self.trials.labels(state).dec(count)
+            if share is not None:
+                self._shares[key] = share
+                self.pipelines.labels(share[0]).inc()
+                for state, count in share[1].items():
+                    self.trials.labels(state).inc(count)
+        if new is not None:
             for stage in ("prepare", "tune", "train", "evaluate", "ensemble", "serve"):
                 now_stage = getattr(new.stages, stage)
                 before = getattr(old.stages, stage) if old is not None else None
@@ -58,19 +76,6 @@ class Metrics:
                     began, ended = parse_time(now_stage.start_time), parse_time(now_stage.completion_time)
                     if began and ended:
                         self.stage_seconds.labels(stage).observe((ended - began).total_seconds())
-        self._gauges(self.statuses)
-
-    def _gauges(self, statuses: Mapping[tuple[str, str], PipelineStatus]) -> None:
-        phases = dict.fromkeys(PHASES, 0)
-        trials = dict.fromkeys(TRIAL_STATES, 0)
-        for status in statuses.values():
-            phases[status.phase] = phases.get(status.phase, 0) + 1
-            for trial in status.trials:
-                trials[trial.state] = trials.get(trial.state, 0) + 1
-        for phase, count in phases.items():
-            self.pipelines.labels(phase).set(count)
-        for state, count in trials.items():
-            self.trials.labels(state).set(count)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         start_http_server(port, addr=host, registry=self.registry)
