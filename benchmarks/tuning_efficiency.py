@@ -69,6 +69,18 @@ def run_arm(
         "trialEpochs": sum(len(t.values) for t in status.trials),
         "pruned": sum(t.state == "Pruned" for t in status.trials),
         "seconds": round(time.monotonic() - started, 1),
+        "trials": [
+            {
+                "number": t.number,
+                "state": t.state,
+                "reason": t.reason,
+                "message": t.message,
+                "params": t.params,
+                "value": t.value,
+                "values": t.values,
+            }
+            for t in status.trials
+        ],
     }
 
 
@@ -78,6 +90,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--trainer-early-stopping", action="store_true", help="keep patience in the TPE arm")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "tuning_efficiency.json")
     args = parser.parse_args()
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in ARMS}
     with tempfile.TemporaryDirectory(prefix="conveyor-tuning-") as tmp:
@@ -85,7 +98,8 @@ def main() -> None:
             for name, arm in ARMS.items():
                 outcome = run_arm(arm, seed, args.trials, args.epochs, Path(tmp), args.trainer_early_stopping)
                 results[name].append(outcome)
-                print(json.dumps({"arm": name, "seed": seed, **outcome}), flush=True)
+                summary = {k: v for k, v in outcome.items() if k != "trials"}
+                print(json.dumps({"arm": name, "seed": seed, **summary}), flush=True)
     print(
         f"\n| arm | best validation accuracy (mean over seeds {args.seeds}) | trial-epochs (mean) | pruned |"
     )
@@ -100,6 +114,9 @@ def main() -> None:
         o["trialEpochs"] for o in katib
     )
     print(f"\ntrial-epochs ratio (Conveyor / Katib default): {ratio:.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"seeds": args.seeds, "arms": results}, indent=1) + "\n")
+    print(f"every trial's parameters and per-epoch values: {args.out}")
 
 
 if __name__ == "__main__":

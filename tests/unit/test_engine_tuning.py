@@ -97,6 +97,12 @@ def test_seed_changes_the_trials() -> None:
     assert [t.params for t in a] != [t.params for t in b]
 
 
+def test_neighbouring_seeds_share_no_trials() -> None:
+    a = run_study(tuning(algorithm="random", seed=1, trials=4))
+    b = run_study(tuning(algorithm="random", seed=2, trials=4))
+    assert not {str(t.params) for t in a} & {str(t.params) for t in b}
+
+
 def test_tpe_concentrates_on_good_regions() -> None:
     spec = tuning(algorithm="tpe", trials=30, parameters=[MIXED[0]])
     trials = run_study(spec, score=lambda p: -abs(p["optimizer.learningRate"] - 0.003) * 100)
@@ -154,6 +160,8 @@ GOOD = [0.80, 0.85, 0.90, 0.92, 0.93, 0.94, 0.95, 0.95, 0.96]
         ("asha", 1, [0.1, 0.1, 0.1], 1),
         ("asha", 1, [0.9, 0.95, 0.97, 0.98], None),
         ("asha", 2, [0.1, 0.1, 0.1], 2),
+        # Optuna's next rung would be epoch 9 of 9: pruning there throws a finished trial away.
+        ("asha", 3, [*GOOD[:8], 0.1], None),
         ("hyperband", 1, [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1], 1),
         ("hyperband", 1, [0.99] * 9, None),
     ],
