@@ -1,6 +1,6 @@
 """`conveyor run` for real: a small pipeline through every stage with real torchrun processes, served
-and queried with an Open Inference Protocol client; Ctrl-C stops every child; the same command resumes
-without running finished trials again."""
+and queried with an Open Inference Protocol client; Ctrl-C and SIGTERM stop every child; the same
+command resumes without running finished trials again."""
 
 from __future__ import annotations
 
@@ -154,7 +154,12 @@ def test_run_serves_then_resumes_without_rerunning(manifest: Path, tmp_path: Pat
         wait_for_line(again, "Serving until Ctrl-C", timeout=180)
         assert client.is_server_ready()
     finally:
-        interrupt(again)
+        # SIGTERM to the run alone, as `kill` or a supervisor sends it: its server must go too.
+        again.send_signal(signal.SIGTERM)
+        stopped = again.wait(timeout=60)
+    assert stopped == 130
+    time.sleep(1)
+    assert children_of(root) == [], "SIGTERM left child processes behind"
     new_logs = sorted(set(p.name for p in (root / "logs").iterdir()) - set(logs_before))
     assert all(not name.startswith(("trial-", "train-", "prepare-")) for name in new_logs), new_logs
     assert [t["attempt"] for t in status_of(root)["trials"]] == [t["attempt"] for t in status["trials"]]
