@@ -615,3 +615,56 @@ def test_progress_endpoint_drives_pruning(
     wait_for(lambda: f"job/{bad}" not in kube.children("prune"), TIMEOUT, f"Job {bad} deleted")
     events = kube.core.list_namespaced_event(ns, field_selector="involvedObject.name=prune").items
     assert "TrialPruned" in {e.reason for e in events}
+
+
+def test_suspend_pauses_and_resumes_without_losing_trials(
+    operator: OperatorProcess,
+    restricted: str,
+    k8s_api: Any,
+    kubectl: str,
+    kubeconfig: Path,
+    wait_for: Callable[..., Any],
+) -> None:
+    """`spec.suspend: true` mid-sweep deletes the running trials' Jobs and keeps every trial in status;
+    `false` restarts those trials with their parameters (next attempt) and the sweep ends with exactly
+    the requested trials, the finished one not run again."""
+    ns = restricted
+    kube = Cluster(k8s_api, ns, wait_for)
+    manifest = pipeline_manifest("pause", ns, ensemble=None, serving=None)
+    assert apply(kubectl, kubeconfig, manifest).returncode == 0
+    kube.finish(kube.current_job("pause", "prepare"), 1, {"status": "succeeded"})
+    kube.finish(kube.current_job("pause", "trial-0000"), 2, trial_result(0.95))
+    kube.current_job("pause", "trial-0002")  # parallelism 2: trial-0001 and trial-0002 now run
+    before = {t["name"]: t for t in kube.status("pause")["trials"]}
+
+    def set_suspend(value: bool) -> None:
+        kube.custom.patch_namespaced_custom_object(
+            "conveyor.dev", "v1alpha1", ns, "trainingpipelines", "pause", {"spec": {"suspend": value}}
+        )
+
+    set_suspend(True)
+    status = kube.wait_status("pause", lambda s: s.get("phase") == "Suspended", "phase Suspended")
+    states = {t["name"]: t["state"] for t in status["trials"]}
+    assert states == {"trial-0000": "Succeeded", "trial-0001": "Suspended", "trial-0002": "Suspended"}
+    finished_only = {"job/pause-trial-0000-0", "svc/pause-trial-0000-0"}
+    wait_for(
+        lambda: {c for c in kube.children("pause") if "trial" in c} == finished_only,
+        TIMEOUT,
+        "the suspended trials' Jobs and Services deleted",
+    )
+
+    set_suspend(False)
+    for name in ("trial-0001", "trial-0002", "trial-0003"):
+        job = kube.current_job("pause", name)
+        if name in before:
+            assert job == f"pause-{name}-{before[name].get('attempt', 0) + 1}"
+        kube.finish(job, 2, trial_result(0.96))
+    status = kube.wait_status(
+        "pause", lambda s: (s.get("stages", {}).get("tune") or {}).get("state") == "Succeeded", "tuned"
+    )
+    trials = {t["name"]: t for t in status["trials"]}
+    assert sorted(trials) == ["trial-0000", "trial-0001", "trial-0002", "trial-0003"]
+    assert {t["state"] for t in trials.values()} == {"Succeeded"}
+    assert trials["trial-0000"].get("attempt", 0) == before["trial-0000"].get("attempt", 0)
+    for name in ("trial-0001", "trial-0002"):
+        assert trials[name]["params"] == before[name]["params"]
