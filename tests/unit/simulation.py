@@ -57,6 +57,7 @@ class FakeExecutor:
     spec: TrainingPipelineSpec
     fail: set[str] = field(default_factory=set)  # workload keys (name-attempt) that fail at their end
     fail_reason: str | None = None  # the failed workloads' own verdict (their result's reason)
+    crash_on_exit: set[str] = field(default_factory=set)  # keys that exit non-zero after their result
     test_metric: float = 0.98
     epochs: int = 4
     runs: dict[str, Run] = field(default_factory=dict)  # by workload name: the latest attempt
@@ -104,6 +105,8 @@ class FakeExecutor:
             run.result = {"status": "succeeded", "metrics": {metric: self.test_metric, "loss": 0.1}}
         else:
             run.result = {"status": "succeeded", "metrics": {}}
+        if w.key in self.crash_on_exit:
+            run.state = "failed"
 
     def tick(self) -> None:
         for run in self.runs.values():

@@ -20,6 +20,7 @@ from conveyor.operator.api.spec import TrainingPipelineSpec
 from conveyor.operator.api.status import PipelineStatus
 from conveyor.operator.engine import (
     DeletePipeline,
+    Emit,
     Observations,
     ServingObservation,
     StartServing,
@@ -223,6 +224,26 @@ def test_workload_retries_up_to_backoff_limit(failures: int, phase: str) -> None
     ]
     if phase == "Failed":
         assert status.reason == "TrainingFailed"
+
+
+def test_a_crash_after_the_result_keeps_the_result() -> None:
+    spec = make_spec(tuning=small_tuning())
+    executor = FakeExecutor(spec, crash_on_exit={"trial-0002-0", "train-0"})
+    status, executor, decisions = simulate(spec, executor)
+    assert status.phase == "Serving"
+    trial = next(t for t in status.trials if t.name == "trial-0002")
+    assert trial.state == "Succeeded" and trial.value is not None and trial.reason is None
+    train = status.workload("train")
+    assert train is not None and train.state == "Succeeded" and train.failures == 0
+    assert [k for k in executor.started if k.startswith(("train-", "trial-0002-"))] == [
+        "trial-0002-0",
+        "train-0",
+    ]
+    warnings = [
+        a.message for d in decisions for a in d.actions if isinstance(a, Emit) and a.type == "Warning"
+    ]
+    assert sorted(w.split(" ")[0] for w in warnings) == ["train", "trial-0002"]
+    assert all("result is kept" in w for w in warnings)
 
 
 @pytest.mark.parametrize("reason", ["InvalidInput", "InvalidConfig", "DataError"])

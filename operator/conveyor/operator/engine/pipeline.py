@@ -66,7 +66,7 @@ from conveyor.operator.engine.actions import (
     StopServing,
     StopWorkload,
 )
-from conveyor.operator.engine.observations import Observations, WorkloadObservation
+from conveyor.operator.engine.observations import Observations, ObservedState, WorkloadObservation
 from conveyor.operator.engine.tuning import Study, planned_trials
 from conveyor.operator.workloads import PERMANENT_REASONS, Workload
 from conveyor.trainer.artifacts import DATA_DIR, ENSEMBLE_DIR, EVALUATION_DIR, MODEL_DIR, TRIALS_DIR
@@ -266,9 +266,20 @@ def _absorb_record(ctx: _Ctx, rec: TrialStatus | WorkloadStatus) -> None:
             rec.values = values
     result = dict(seen.result) if seen.result is not None else None
     state = seen.state
-    if result is not None and state in ("pending", "running", "succeeded"):
-        # The result is the durable verdict; the process may still be exiting.
-        state = "succeeded" if result.get("status", "succeeded") == "succeeded" else "failed"
+    if result is not None and state != "lost":
+        # The result is the durable verdict, also over a non-zero exit: rank 0 writes it after the
+        # last collective, so every rank has finished. A process can still be exiting, or crash while
+        # exiting (gloo aborts now and then at interpreter teardown: "terminate called without an
+        # active exception"); the work it finished is kept.
+        verdict: ObservedState = "succeeded" if result.get("status", "succeeded") == "succeeded" else "failed"
+        if state == "failed" and verdict == "succeeded":
+            ctx.emit(
+                "Warning",
+                "ExitedAfterResult",
+                f"{rec.name} (attempt {rec.attempt}) exited with an error after writing its result; "
+                f"the result is kept ({seen.reason or 'process failed'})",
+            )
+        state = verdict
     finished = rfc3339(seen.finished_at) if seen.finished_at else ctx.ts
     if state == "pending":
         rec.state = "Pending"
