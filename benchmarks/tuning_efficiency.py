@@ -51,7 +51,7 @@ def manifest(arm: dict[str, str], seed: int, trials: int, epochs: int, early_sto
 
 
 def tuned(status: PipelineStatus) -> bool:
-    """Until the tuning stage is done (or the pipeline is)."""
+    """Whether the tuning stage is done (or the whole pipeline is)."""
     stage = status.stages.tune
     return status.phase in ("Failed", "Succeeded") or (stage is not None and stage.state == "Succeeded")
 
