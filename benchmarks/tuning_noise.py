@@ -66,8 +66,12 @@ class Surrogate:
         return np.asarray((self.means[nearest] * weights[:, None]).sum(0) / weights.sum())
 
     def curve(self, params: dict[str, Any], rng: np.random.Generator) -> list[float]:
-        noisy = self.mean_curve(params) + rng.normal(0, self.sigma, size=EPOCHS)
-        return list(np.clip(np.round(noisy * VALIDATION_IMAGES) / VALIDATION_IMAGES, 0, 1))
+        return list(self._noisy(self.mean_curve(params), rng))
+
+    def _noisy(self, mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`mean` plus per-epoch noise, in whole validation images."""
+        noisy = mean + rng.normal(0, self.sigma, size=EPOCHS)
+        return np.asarray(np.clip(np.round(noisy * VALIDATION_IMAGES) / VALIDATION_IMAGES, 0, 1))
 
     def calibrate(self, rng: np.random.Generator) -> None:
         """The per-epoch noise under which recorded good configurations' best-of-30 is as recorded."""
@@ -77,14 +81,10 @@ class Surrogate:
         for sigma in np.arange(0.002, 0.012, 0.0005):
             self.sigma = float(sigma)
             simulated = [
-                max(self.mean_curve_noise(i, rng)) for i in map(int, np.flatnonzero(good)) for _ in range(20)
+                max(self._noisy(self.means[i], rng)) for i in np.flatnonzero(good) for _ in range(20)
             ]
             errors[float(sigma)] = abs(float(np.mean(simulated)) - target)
         self.sigma = min(errors, key=errors.__getitem__)
-
-    def mean_curve_noise(self, index: int, rng: np.random.Generator) -> np.ndarray:
-        noisy = self.means[index] + rng.normal(0, self.sigma, size=EPOCHS)
-        return np.asarray(np.round(noisy * VALIDATION_IMAGES) / VALIDATION_IMAGES)
 
 
 def recorded_curves(path: Path) -> list[tuple[dict[str, Any], list[float]]]:
