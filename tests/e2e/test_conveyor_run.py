@@ -18,6 +18,7 @@ import pytest
 import tritonclient.http as triton
 
 from conveyor.operator.executors.local import free_port
+from tests.helpers.processes import leftovers
 
 pytestmark = pytest.mark.slow
 
@@ -138,8 +139,7 @@ def test_run_serves_then_resumes_without_rerunning(manifest: Path, tmp_path: Pat
     assert probabilities[0].argmax() == 0  # an unmistakable setosa
 
     assert interrupt(proc) == 130
-    time.sleep(1)
-    assert children_of(root) == []
+    assert leftovers(lambda: children_of(root), timeout=15) == []
 
     status = status_of(root)
     assert len(status["trials"]) == TRIALS
@@ -158,8 +158,7 @@ def test_run_serves_then_resumes_without_rerunning(manifest: Path, tmp_path: Pat
         again.send_signal(signal.SIGTERM)
         stopped = again.wait(timeout=60)
     assert stopped == 130
-    time.sleep(1)
-    assert children_of(root) == [], "SIGTERM left child processes behind"
+    assert leftovers(lambda: children_of(root), timeout=15) == [], "SIGTERM left child processes behind"
     new_logs = sorted(set(p.name for p in (root / "logs").iterdir()) - set(logs_before))
     assert all(not name.startswith(("trial-", "train-", "prepare-")) for name in new_logs), new_logs
     assert [t["attempt"] for t in status_of(root)["trials"]] == [t["attempt"] for t in status["trials"]]
@@ -183,8 +182,7 @@ def test_interrupt_mid_sweep_then_resume(manifest: Path, tmp_path: Path) -> None
         time.sleep(0.2)
     assert finished, "never saw a finished trial next to a running one"
     assert interrupt(proc) == 130
-    time.sleep(1)
-    assert children_of(root) == [], "Ctrl-C left child processes behind"
+    assert leftovers(lambda: children_of(root), timeout=15) == [], "Ctrl-C left child processes behind"
 
     resumed = start(manifest, root, "--no-serve")
     assert resumed.wait(timeout=600) == 0, resumed.stdout.read() if resumed.stdout else ""

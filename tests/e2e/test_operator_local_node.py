@@ -13,17 +13,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-import test_operator_kwok
 import tritonclient.http as httpclient
 import yaml
-from test_operator_kwok import REFERENCE, Cluster, OperatorProcess, apply, running_operator, sh
 
 from conveyor.devcluster.cluster import LOCAL_NODE
 from conveyor.devcluster.node import LOCAL_NODE_LABEL
 from conveyor.operator.kubernetes.builders import LABEL_WORKLOAD
+from tests.helpers.operator_bed import REFERENCE, Cluster, OperatorProcess, apply, running_operator, sh
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-release = test_operator_kwok.release  # the chart installed once per module (operator replicas 0)
 LOCAL = {
     "nodeSelector": {LOCAL_NODE_LABEL: "true"},
     "tolerations": [{"key": LOCAL_NODE_LABEL, "operator": "Exists", "effect": "NoSchedule"}],

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from training_helpers import child_env
 
 from conveyor.trainer import checkpoint
+from tests.trainer.training_helpers import child_env
 
 
 def state(epoch: int, size: int = 1000) -> dict[str, object]:

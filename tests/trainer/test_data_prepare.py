@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from training_helpers import cli, config, prepared
 
 from conveyor.trainer.artifacts import read_metadata
 from conveyor.trainer.data import DataError
 from conveyor.trainer.data.prepare import is_complete, load_split, prepare
 from conveyor.trainer.data.sources import load_builtin, resolve_uri
+from tests.trainer.training_helpers import cli, config, prepared
 
 
 def splits(data_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -216,7 +216,7 @@ def test_cli_prepare_leaves_a_result_and_a_termination_message(tmp_path: Path) -
     import subprocess
     import sys
 
-    from training_helpers import REPO, child_env
+    from tests.trainer.training_helpers import REPO, child_env
 
     term = tmp_path / "termination-log"
     term.write_text("")
@@ -257,3 +257,12 @@ def test_csv_over_http(tmp_path: Path) -> None:
             prepare(config(data={"source": url.replace("set", "missing")}), tmp_path / "none")
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("source", ["pvc://", "pvc:///sets/t.csv", "pvc://Sets/t.csv", "pvc://-x/t.csv"])
+def test_a_pvc_source_must_name_a_claim(source: str) -> None:
+    from conveyor.trainer.config import DataSpec
+
+    with pytest.raises(ValueError, match="names no valid claim"):
+        DataSpec(source=source)
+    assert DataSpec(source="pvc://sets.v2/t.csv").source == "pvc://sets.v2/t.csv"

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import load_split, make_data_dir, make_model_dir
 
 from conveyor.trainer import artifacts, metrics
 from conveyor.trainer.__main__ import main
 from conveyor.trainer.ensemble import build, member_reference, score_weights
 from conveyor.trainer.evaluate import evaluate
 from conveyor.trainer.predictor import load_predictor
+from tests.trainer.tiny_models import load_split, make_data_dir, make_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import load_split, make_data_dir, make_model_dir
 
 from conveyor.trainer import artifacts, metrics
 from conveyor.trainer.__main__ import main
 from conveyor.trainer.config import GateSpec
 from conveyor.trainer.evaluate import evaluate, gate_outcome
 from conveyor.trainer.predictor import load_predictor
+from tests.trainer.tiny_models import load_split, make_data_dir, make_model_dir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

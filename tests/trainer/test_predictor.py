@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import load_split, make_data_dir, make_model_dir
 
 from conveyor.trainer import artifacts, metrics
 from conveyor.trainer.artifacts import ModelCard
 from conveyor.trainer.predictor import combine, load_predictor, member_weights
+from tests.trainer.tiny_models import load_split, make_data_dir, make_model_dir
 
 
 @pytest.fixture(scope="module")

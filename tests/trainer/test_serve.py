@@ -7,6 +7,7 @@ import http.client
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,14 +15,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from tiny_models import make_data_dir, make_model_dir
 from tritonclient.utils import InferenceServerException
 
 from conveyor.trainer.predictor import load_predictor
+from tests.trainer.tiny_models import make_data_dir, make_model_dir
 
 MAX_BODY = 100_000
 
@@ -232,21 +234,22 @@ def test_oversized_body_is_rejected_from_its_headers(server: Server) -> None:
 
 
 def test_garbage_http_is_answered_and_the_server_survives(server: Server) -> None:
-    import socket
-
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
         assert sock.recv(1024).startswith(b"HTTP/1.1 400")
     assert server.client().is_server_live()
 
 
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def raw(body: bytes, extra: bytes = b"", model: str = "model") -> bytes:
+    """An infer request as bytes on the wire; `extra` holds more header lines."""
+    return (b"POST /v2/models/%s/infer HTTP/1.1\r\nHost: x\r\ncontent-length: %d\r\n%s\r\n"
+            % (model.encode(), len(body), extra)) + body
+
+
 def test_pipelined_requests_are_answered_in_order_and_expect_continue(server: Server) -> None:
-    import socket
-
-    def raw(body: bytes, extra: bytes = b"") -> bytes:
-        return (b"POST /v2/models/model/infer HTTP/1.1\r\nHost: x\r\ncontent-length: %d\r\n%s\r\n"
-                % (len(body), extra)) + body
-
     good = json.dumps({"id": "first", **tensor([1, 64], [1.0] * 64)}).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(raw(good) + raw(b"{oops") + raw(good.replace(b"first", b"third")))
@@ -257,7 +260,7 @@ def test_pipelined_requests_are_answered_in_order_and_expect_continue(server: Se
         assert first < second < third
         head = raw(b"", b"expect: 100-continue\r\n").replace(b"content-length: 0", b"content-length: 2")
         sock.sendall(head)
-        assert sock.recv(1024) == b"HTTP/1.1 100 Continue\r\n\r\n"  # before we send the body
+        assert sock.recv(1024) == CONTINUE  # before we send the body
         sock.sendall(b"{}")
         assert sock.recv(65536).startswith(b"HTTP/1.1 400")
 
@@ -302,25 +305,44 @@ def test_int8_quantization_nearly_agrees(servers: tuple[Server, Server], raw_row
     assert (approx.argmax(1) == exact.argmax(1)).mean() >= 0.95
 
 
+def responses(stream: bytes) -> list[tuple[bytes, Any]]:
+    """(status line, JSON body) of each HTTP response in `stream`, interim 100 Continue left out."""
+    stream = stream.replace(CONTINUE, b"")
+    found = []
+    while stream:
+        head, _, rest = stream.partition(b"\r\n\r\n")
+        match = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
+        assert match, head
+        length = int(match.group(1))
+        found.append((head.split(b"\r\n")[0], json.loads(rest[:length])))
+        stream = rest[length:]
+    return found
+
+
 def test_sigterm_drains_in_flight_requests_then_exits(
     servers: tuple[Server, Server], raw_rows: np.ndarray
 ) -> None:
     _, int8 = servers  # its 300 ms batching delay keeps a request in flight while we signal
-    results: list[object] = []
-
-    def call() -> None:
-        try:
-            results.append(infer(int8.client(), "digits", raw_rows[:2], False).as_numpy("label"))
-        except Exception as error:
-            results.append(error)
-
-    caller = threading.Thread(target=call)
-    caller.start()
-    time.sleep(0.1)
-    int8.process.send_signal(signal.SIGTERM)
-    caller.join(20)
+    body = {**tensor([2, 64], raw_rows[:2].ravel().tolist()), "outputs": [{"name": "label"}]}
+    infer_request = raw(json.dumps(body).encode(), model="digits")
+    # Pipelined behind it, a request with an Expect header: the server sends 100 Continue as it parses
+    # that header, after everything before it, so from then on the infer request is in the batcher.
+    marker = raw(b"{}", b"expect: 100-continue\r\n", model="digits")
+    received = b""
+    with socket.create_connection(("127.0.0.1", int8.port), timeout=20) as sock:
+        sock.sendall(infer_request + marker)
+        while CONTINUE not in received:
+            chunk = sock.recv(65536)
+            assert chunk, received
+            received += chunk
+        int8.process.send_signal(signal.SIGTERM)
+        while chunk := sock.recv(65536):
+            received += chunk
     assert int8.process.wait(20) == 0
-    assert len(results) == 1 and isinstance(results[0], np.ndarray), results
+    answered = responses(received)
+    assert answered[0][0] == b"HTTP/1.1 200 OK", answered
+    [label] = answered[0][1]["outputs"]
+    assert label["name"] == "label" and label["shape"] == [2] and all(0 <= c < 10 for c in label["data"])
     assert "draining" in int8.log.read_text()
     with pytest.raises(Exception):  # noqa: B017 - any connection error: nobody listens any more
         int8.client().is_server_live()

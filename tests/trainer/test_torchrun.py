@@ -18,9 +18,17 @@ from pathlib import Path
 
 import psutil
 import pytest
-from training_helpers import REPO, as_json, child_env, config, model_accuracy, prepared, torchrun_command
 
 from conveyor.trainer import progress
+from tests.trainer.training_helpers import (
+    REPO,
+    as_json,
+    child_env,
+    config,
+    model_accuracy,
+    prepared,
+    torchrun_command,
+)
 
 pytestmark = pytest.mark.slow
 

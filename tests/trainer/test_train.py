@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from training_helpers import cli, config, model_accuracy, prepared
 
 from conveyor.trainer import distributed, progress
 from conveyor.trainer.artifacts import read_card
@@ -25,6 +24,7 @@ from conveyor.trainer.train import (
     schedule_factor,
     train,
 )
+from tests.trainer.training_helpers import cli, config, model_accuracy, prepared
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +141,44 @@ def test_finished_run_is_not_repeated_and_corrupt_checkpoint_starts_fresh(
     train(cfg, iris, tmp_path)
     assert "could not be loaded" in capsys.readouterr().err
     assert [e["epoch"] for e in progress.read_events(tmp_path)] == [1, 2, 3, 1, 2, 3]
+
+
+class Killed(Exception):
+    """Stands in for a pod killed mid-epoch."""
+
+
+def test_interrupted_run_resumes_as_if_it_had_never_stopped(
+    iris: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = config(  # the noise draws on the RNG every epoch: a resumed run needs its RNG states back
+        data={"source": "builtin://iris", "augmentation": {"gaussianNoise": 0.2}},
+        training={"epochs": 5, "batchSize": 16, "earlyStopping": None},
+    )
+    whole = train(cfg, iris, tmp_path / "whole")
+    emit = progress.emit
+
+    def dying_emit(model_dir: Path, event: dict[str, object]) -> None:
+        if event["epoch"] == 3:
+            raise Killed  # after epoch 3's training, before its report and checkpoint
+        emit(model_dir, event)
+
+    monkeypatch.setattr(progress, "emit", dying_emit)
+    with pytest.raises(Killed):
+        train(cfg, iris, tmp_path / "resumed")
+    monkeypatch.setattr(progress, "emit", emit)
+    capsys.readouterr()
+    resumed = train(cfg, iris, tmp_path / "resumed")
+    assert "after epoch 2" in capsys.readouterr().err
+
+    def comparable(model_dir: Path) -> list[dict[str, object]]:
+        timing = ("samplesPerSecond", "etaSeconds", "elapsedSeconds")
+        return [{k: v for k, v in e.items() if k not in timing} for e in progress.read_events(model_dir)]
+
+    assert comparable(tmp_path / "resumed") == comparable(tmp_path / "whole")
+    assert {**resumed, "durationSeconds": 0} == {**whole, "durationSeconds": 0}
+    weights = [torch.load(tmp_path / d / "weights.pt", weights_only=True) for d in ("whole", "resumed")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_dataloader_path_trains_like_the_in_memory_path(

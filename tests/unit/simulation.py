@@ -1,4 +1,6 @@
 """A fake executor for engine tests: turns actions into synthetic observations, one epoch per tick.
+It implements `conveyor.operator.executors.protocol.Executor`, so decisions reach it through the
+drivers' own `carry_out`.
 
 Metrics are a deterministic function of the trial's parameters, so tests can reason about which
 trials are good (learning rates near 1e-2.5 and small dropout win) and about pruning.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,14 +22,13 @@ from conveyor.operator.engine import (
     EpochReport,
     Observations,
     ServingObservation,
-    StartServing,
-    StartWorkload,
-    StopServing,
-    StopWorkload,
     WorkloadObservation,
+    active_workloads,
     reconcile,
 )
+from conveyor.operator.executors.protocol import carry_out
 from conveyor.operator.workloads import Workload
+from conveyor.trainer.config import ServingSpec
 
 T0 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 
@@ -64,26 +66,46 @@ class FakeExecutor:
     started: list[str] = field(default_factory=list)  # every key ever started
     duplicates: list[str] = field(default_factory=list)
     serving: ServingObservation | None = None
-    stops: list[tuple[str, str]] = field(default_factory=list)
+    stops: list[tuple[str, int]] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
 
     def apply(self, decision: Decision) -> None:
-        for action in decision.actions:
-            if isinstance(action, StartWorkload):
-                key = action.workload.key
-                if key in self.started:
-                    self.duplicates.append(key)
-                    continue
-                self.started.append(key)
-                self.runs[action.workload.name] = Run(action.workload)
-            elif isinstance(action, StopWorkload):
-                run = self.runs.get(action.name)
-                self.stops.append((action.name, action.reason))
-                if run is not None and run.workload.attempt == action.attempt and run.state == "running":
-                    run.state = "failed"
-            elif isinstance(action, StartServing):
-                self.serving = ServingObservation(ready=True, model=action.model, url="http://127.0.0.1:8080")
-            elif isinstance(action, StopServing):
-                self.serving = ServingObservation(ready=False)
+        carry_out(self, decision.actions)
+
+    def start(self, workload: Workload) -> None:
+        if workload.key in self.started:
+            self.duplicates.append(workload.key)
+            return
+        self.started.append(workload.key)
+        self.runs[workload.name] = Run(workload)
+
+    def stop(self, name: str, attempt: int) -> None:
+        run = self.runs.get(name)
+        self.stops.append((name, attempt))
+        if run is not None and run.workload.attempt == attempt and run.state == "running":
+            run.state = "failed"
+
+    def start_serving(self, model: str, serving: ServingSpec) -> None:
+        self.serving = ServingObservation(ready=True, model=model, url="http://127.0.0.1:8080")
+
+    def stop_serving(self) -> None:
+        self.serving = ServingObservation(ready=False)
+
+    def emit(self, type: str, reason: str, message: str) -> None:
+        self.events.append(f"{type} {reason}: {message}")
+
+    def delete_pipeline(self) -> None:
+        pass
+
+    def observe(self, workloads: Iterable[tuple[str, int]], serving: bool) -> Observations:
+        """As a driver asks: the workloads by (name, attempt), an attempt it does not run is lost."""
+        runs = self.observations().workloads
+        seen = {}
+        for name, attempt in workloads:
+            run = runs.get(name)
+            current = run is not None and run.attempt == attempt
+            seen[name] = run if run is not None and current else WorkloadObservation("lost", attempt)
+        return Observations(seen, self.serving if serving else None)
 
     def _finish(self, run: Run) -> None:
         w = run.workload
@@ -154,9 +176,10 @@ def simulate(
     decisions = []
     now = T0
     for step in range(steps):
-        decision = reconcile(spec, status, executor.observations(), now, generation=1)
+        seen = executor.observe(active_workloads(status), status is not None and status.serving is not None)
+        decision = reconcile(spec, status, seen, now, generation=1)
         if repeat_every and step % repeat_every == 0:
-            executor.apply(reconcile(spec, status, executor.observations(), now, generation=1))
+            executor.apply(reconcile(spec, status, seen, now, generation=1))
         decisions.append(decision)
         executor.apply(decision)
         status = roundtrip(decision.status)

@@ -11,13 +11,16 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import EXAMPLES, REFERENCE, reference_document
 from conveyor.operator.api import rules
 from conveyor.operator.api.resource import ManifestError, TrainingPipeline, load_manifest, parse
+from conveyor.operator.api.spec import StorageSpec
+from conveyor.operator.api.status import GateStatus
+from conveyor.trainer.config import GateSpec, gate_message
+from tests.helpers.manifests import EXAMPLES, INVALID, REFERENCE, reference_document
 
 
 def test_reference_pipeline_validates_as_written() -> None:
-    [pipeline] = load_manifest(REFERENCE if REFERENCE.exists() else EXAMPLES / "digits.yaml")
+    [pipeline] = load_manifest(REFERENCE)
     spec = pipeline.spec
     assert pipeline.name == "digits"
     assert spec.tuning is not None and spec.tuning.algorithm == "tpe" and spec.tuning.trials == 12
@@ -33,12 +36,6 @@ def test_reference_pipeline_validates_as_written() -> None:
     assert spec.storage.uri == "pvc://conveyor-artifacts"
     config = spec.trainer_config({"optimizer.learningRate": 0.01})
     assert config.optimizer.learning_rate == 0.01 and config.model.architecture == "cnn"
-
-
-def test_digits_example_is_the_reference() -> None:
-    if not REFERENCE.exists():
-        pytest.skip("shared design folder not present")
-    assert yaml.safe_load((EXAMPLES / "digits.yaml").read_text()) == yaml.safe_load(REFERENCE.read_text())
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.stem)
@@ -65,192 +62,6 @@ def test_minimal_manifest_gets_defaults() -> None:
     assert spec.tuning is None and spec.ensemble is None and spec.serving is None
     assert spec.task.metric == "accuracy" and spec.resources.workers == 1
     assert spec.backoff_limit == 2 and spec.suspend is False
-
-
-def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
-    def apply(document: dict[str, Any]) -> None:
-        node = document
-        *parents, leaf = path.split(".")
-        for key in parents:
-            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
-        if isinstance(node, list):
-            node[int(leaf)] = value
-        elif value is DELETE:
-            node.pop(leaf, None)
-        else:
-            node[leaf] = value
-
-    return apply
-
-
-DELETE = object()
-
-# (id, mutation of the reference manifest, expected field path, a word the message must contain)
-INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
-    ("parallelism-over-trials", _set("spec.tuning.parallelism", 20), "spec.tuning.parallelism", "trials"),
-    ("unknown-algorithm", _set("spec.tuning.algorithm", "bayes"), "spec.tuning.algorithm", "tpe"),
-    ("unknown-pruner", _set("spec.tuning.pruner", "asha2"), "spec.tuning.pruner", "hyperband"),
-    ("zero-trials", _set("spec.tuning.trials", 0), "spec.tuning.trials", "greater than or equal"),
-    ("too-many-trials", _set("spec.tuning.trials", 501), "spec.tuning.trials", "500"),
-    (
-        "gate-metric-regression-only",
-        _set("spec.evaluation.gate.metric", "rmse"),
-        "spec.evaluation.gate.metric",
-        "classification",
-    ),
-    (
-        "gate-without-bound",
-        _set("spec.evaluation.gate", {"metric": "accuracy"}),
-        "spec.evaluation.gate",
-        "min",
-    ),
-    (
-        "eval-metric-wrong-task",
-        _set("spec.evaluation.metrics", ["accuracy", "r2"]),
-        "spec.evaluation.metrics",
-        "task",
-    ),
-    (
-        "gpu-needs-matching-processes",
-        _set("spec.resources.gpu", 2),
-        "spec.resources.processesPerWorker",
-        "gpu",
-    ),
-    ("zero-workers", _set("spec.resources.workers", 0), "spec.resources.workers", "greater"),
-    ("bad-memory-quantity", _set("spec.resources.memory", "lots"), "spec.resources.memory", "pattern"),
-    ("grid-with-float", _set("spec.tuning.algorithm", "grid"), "spec.tuning.parameters", "categorical"),
-    (
-        "unknown-parameter-name",
-        _set("spec.tuning.parameters.0", {"name": "optimizer.lr", "type": "float", "min": 0.001, "max": 0.1}),
-        "spec.tuning.parameters[0].name",
-        "optimizer.learningRate",
-    ),
-    (
-        "task-is-not-tunable",
-        _set(
-            "spec.tuning.parameters.0", {"name": "task.type", "type": "categorical", "values": ["regression"]}
-        ),
-        "spec.tuning.parameters[0].name",
-        "dotted",
-    ),
-    (
-        "float-min-above-max",
-        _set(
-            "spec.tuning.parameters.0",
-            {"name": "optimizer.learningRate", "type": "float", "min": 0.1, "max": 0.01},
-        ),
-        "spec.tuning.parameters[0].max",
-        "min < max",
-    ),
-    (
-        "float-without-bounds",
-        _set("spec.tuning.parameters.0", {"name": "optimizer.learningRate", "type": "float"}),
-        "spec.tuning.parameters[0].max",
-        "min",
-    ),
-    (
-        "log-from-zero",
-        _set(
-            "spec.tuning.parameters.2",
-            {"name": "model.dropout", "type": "float", "min": 0.0, "max": 0.5, "log": True},
-        ),
-        "spec.tuning.parameters[2].min",
-        "min > 0",
-    ),
-    (
-        "categorical-without-values",
-        _set("spec.tuning.parameters.1", {"name": "training.batchSize", "type": "categorical"}),
-        "spec.tuning.parameters[1].values",
-        "values",
-    ),
-    (
-        "categorical-empty-values",
-        _set("spec.tuning.parameters.1", {"name": "training.batchSize", "type": "categorical", "values": []}),
-        "spec.tuning.parameters[1].values",
-        "non-empty",
-    ),
-    (
-        "value-the-trainer-rejects",
-        _set("spec.tuning.parameters.2", {"name": "model.dropout", "type": "float", "min": 0.0, "max": 1.5}),
-        "spec.tuning.parameters[2]",
-        "model.dropout",
-    ),
-    (
-        "categorical-value-the-trainer-rejects",
-        _set(
-            "spec.tuning.parameters.1",
-            {"name": "training.batchSize", "type": "categorical", "values": [32, 0]},
-        ),
-        "spec.tuning.parameters[1]",
-        "batchSize",
-    ),
-    (
-        "duplicate-parameter",
-        _set(
-            "spec.tuning.parameters.2",
-            {"name": "optimizer.learningRate", "type": "float", "min": 0.001, "max": 0.01},
-        ),
-        "spec.tuning.parameters",
-        "unique",
-    ),
-    ("no-parameters", _set("spec.tuning.parameters", []), "spec.tuning.parameters", "at least 1"),
-    (
-        "unknown-parameter-type",
-        _set("spec.tuning.parameters.0.type", "double"),
-        "spec.tuning.parameters[0].type",
-        "categorical",
-    ),
-    ("ensemble-without-tuning", _set("spec.tuning", DELETE), "spec.ensemble", "tuning"),
-    ("topk-over-trials", _set("spec.ensemble.topK", 20), "spec.ensemble.topK", "trials"),
-    (
-        "unknown-ensemble-method",
-        _set("spec.ensemble.method", "stacking"),
-        "spec.ensemble.method",
-        "softVoting",
-    ),
-    (
-        "hard-voting-regression",
-        lambda d: (
-            d["spec"]["task"].update({"type": "regression", "objective": {"metric": "rmse"}}),
-            d["spec"]["evaluation"].update({"metrics": ["rmse"], "gate": {"metric": "r2", "min": 0.1}}),
-            d["spec"]["ensemble"].update({"method": "hardVoting"}),
-        ),
-        "spec.ensemble.method",
-        "classification",
-    ),
-    ("objective-wrong-task", _set("spec.task.objective.metric", "rmse"), "spec.task", "classification"),
-    ("unknown-top-level-field", _set("spec.tuner", {}), "spec.tuner", "allowed here"),
-    ("typo-in-section", _set("spec.training.epoch", 3), "spec.training.epoch", "epochs"),
-    ("unknown-architecture", _set("spec.model.architecture", "vit"), "spec.model.architecture", "mlp"),
-    ("unknown-dataset", _set("spec.data.source", "builtin://mnist"), "spec.data", "builtin://digits"),
-    (
-        "split-leaves-nothing",
-        _set("spec.data.split", {"validation": 0.5, "test": 0.45}),
-        "spec.data.split",
-        "0.9",
-    ),
-    (
-        "reserved-env",
-        _set("spec.env", [{"name": "MASTER_ADDR", "value": "x"}]),
-        "spec.env[0].name",
-        "reserved",
-    ),
-    (
-        "bad-pull-policy",
-        _set("spec.scheduling.imagePullPolicy", "Sometimes"),
-        "spec.scheduling.imagePullPolicy",
-        "IfNotPresent",
-    ),
-    ("negative-deadline", _set("spec.activeDeadlineSeconds", 0), "spec.activeDeadlineSeconds", "greater"),
-    ("negative-ttl", _set("spec.ttlSecondsAfterFinished", -1), "spec.ttlSecondsAfterFinished", "greater"),
-    ("bad-clean-pod-policy", _set("spec.cleanPodPolicy", "Some"), "spec.cleanPodPolicy", "Running"),
-    ("long-name", _set("metadata.name", "x" * 41), "metadata.name", "40"),
-    ("upper-case-name", _set("metadata.name", "Digits"), "metadata.name", "DNS-1123"),
-    ("bad-quantization", _set("spec.serving.quantization", "int4"), "spec.serving.quantization", "int8"),
-    ("wrong-api-version", _set("apiVersion", "conveyor.dev/v1"), "apiVersion", "v1alpha1"),
-    ("wrong-kind", _set("kind", "TrainJob"), "kind", "TrainingPipeline"),
-    ("no-spec", _set("spec", DELETE), "spec", "required"),
-]
 
 
 @pytest.mark.parametrize(("mutate", "path", "word"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
@@ -326,3 +137,59 @@ def test_wire_roundtrip(reference: dict[str, Any]) -> None:
     pipeline = parse(reference)
     again = TrainingPipeline.model_validate(pipeline.to_wire())
     assert again == pipeline
+
+
+# Where data and artifacts come from: only forms something mounts or reads are accepted, and a field
+# that nothing reads any more is refused rather than silently ignored.
+@pytest.mark.parametrize(
+    ("section", "values", "path", "word"),
+    [
+        ("storage", {"uri": "s3://bucket/runs"}, "spec.storage.uri", "object stores"),
+        ("storage", {"uri": "/data/runs"}, "spec.storage.uri", "pvc://claim"),
+        ("storage", {"uri": "pvc://Claim_1"}, "spec.storage.uri", "claim name"),
+        ("data", {"source": "pvc:///sets/t.csv"}, "spec.data", "claim"),
+        ("data", {"source": "pvc://Sets/t.csv"}, "spec.data", "claim"),
+        ("data", {"credentialsSecret": "S3 Keys"}, "spec.data.credentialsSecret", "pattern"),
+        ("cleanPodPolicy", "All", "spec.cleanPodPolicy", "unknown field"),
+    ],
+    ids=["s3-storage", "path-storage", "bad-claim", "no-claim", "upper-claim", "bad-secret", "removed"],
+)
+def test_storage_and_data_sources_are_what_the_pods_mount(
+    reference: dict[str, Any], section: str, values: Any, path: str, word: str
+) -> None:
+    spec = reference["spec"]
+    spec[section] = {**spec.get(section, {}), **values} if isinstance(values, dict) else values
+    with pytest.raises(ManifestError) as caught:
+        parse(reference)
+    problems = dict(caught.value.problems)
+    assert word in problems.get(path, "").lower(), caught.value.problems
+
+
+def test_pvc_data_source_and_credentials_validate(reference: dict[str, Any]) -> None:
+    reference["spec"]["data"].update(source="pvc://datasets/tables/t.csv", credentialsSecret="s3-reader")
+    reference["spec"]["storage"] = {"uri": "pvc://shared.claim/teams/a"}
+    spec = parse(reference).spec
+    assert spec.data.credentials_secret == "s3-reader" and spec.storage.uri == "pvc://shared.claim/teams/a"
+
+
+@pytest.mark.parametrize(
+    ("uri", "valid"),
+    [("pvc://a", True), ("pvc://a.b-c/x/y/", True), ("pvc://A", False), ("s3://b/p", False), ("/p", False)],
+)
+def test_storage_rule_and_its_cel_twin_agree(uri: str, valid: bool) -> None:
+    cel = pytest.importorskip("cel")
+    (rule,) = rules.STORAGE_RULES
+    assert rule.check(StorageSpec.model_construct(uri=uri)) is valid
+    assert cel.evaluate(rule.cel, {"self": {"uri": uri}}) is valid
+    assert cel.evaluate(rule.cel, {"self": {}}) is True
+
+
+def test_one_gate_message_for_the_spec_and_the_status() -> None:
+    spec_gate = GateSpec(metric="accuracy", min=0.95)
+    status_gate = GateStatus(metric="accuracy", min=0.95, value=0.9731, passed=True)
+    expected = "model test accuracy 0.9731 passes the gate (accuracy >= 0.95)"
+    assert gate_message(spec_gate, 0.9731, "model test") == expected
+    assert gate_message(status_gate, status_gate.value, "model test") == expected
+    both = GateSpec(metric="rmse", min=0.1, max=0.5)
+    assert gate_message(both, 0.7, "test") == "test rmse 0.7000 fails the gate (rmse >= 0.1 and <= 0.5)"
+    assert gate_message(spec_gate, None, "ensemble test").endswith("fails the gate (accuracy >= 0.95)")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, REPO
 from conveyor.cli import main
 from conveyor.operator.api.crd import CRD_PATH
+from tests.helpers.manifests import EXAMPLES, REPO
 
 
 def test_validate_ok(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
-from conftest import REPO
 from conveyor.operator.api import rules
 from conveyor.operator.api.crd import CRD_PATH, crd, crd_yaml
+from tests.helpers.manifests import REPO
 
 FORBIDDEN = ("$ref", "$defs", "anyOf", "oneOf", "allOf", "not", "const", "title", "prefixItems")
 

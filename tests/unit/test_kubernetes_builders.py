@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,10 @@ from conveyor.operator.engine import workload_for
 from conveyor.operator.engine.observations import Observations
 from conveyor.operator.engine.pipeline import reconcile
 from conveyor.operator.kubernetes import builders as b
-from conveyor.operator.workloads import Workload
+from conveyor.operator.workloads import EXIT_INVALID_INPUT, RESERVED_ENV, Workload, default_env
 from conveyor.trainer.config import AutoscalingSpec, ServingSpec
 
-REFERENCE = Path("/work/shared/design/pipeline.yaml")
-REPO_REFERENCE = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "digits.yaml"
+REFERENCE = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "digits.yaml"
 
 
 def spec_from(overrides: dict[str, Any] | None = None) -> TrainingPipelineSpec:
@@ -61,10 +61,7 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_reference_pipeline_trial_job_and_service() -> None:
-    path = REFERENCE if REFERENCE.exists() else REPO_REFERENCE
-    if not path.exists():
-        pytest.skip("reference pipeline not available")
-    (pipeline,) = load_manifest(path)
+    (pipeline,) = load_manifest(REFERENCE)
     decision = reconcile(pipeline.spec, None, Observations(), now=datetime(2026, 1, 1))
     assert decision.status.workloads or decision.status.trials
     work = workload_for(pipeline.spec, decision.status, "prepare", 0)
@@ -158,26 +155,96 @@ def test_pod_failure_policy() -> None:
     disruption = [{"type": "DisruptionTarget", "status": "True"}]
     assert rules[0] == {"action": "Ignore", "onPodConditions": disruption}
     assert rules[1]["action"] == "FailJob"
-    assert rules[1]["onExitCodes"] == {"containerName": "trainer", "operator": "In", "values": [2]}
+    assert rules[1]["onExitCodes"] == {
+        "containerName": "trainer",
+        "operator": "In",
+        "values": [EXIT_INVALID_INPUT],
+    }
+    assert EXIT_INVALID_INPUT == 2  # what the trainer's entry point and argparse exit with
 
 
 @pytest.mark.parametrize(
-    ("uri", "claim", "sub_path", "root", "env_from"),
+    ("uri", "claim", "sub_path"),
     [
-        ("pvc://conveyor-artifacts", "conveyor-artifacts", None, "/artifacts/digits", False),
-        ("pvc://shared/teams/a", "shared", "teams/a", "/artifacts/digits", False),
-        ("s3://bucket/prefix/", None, None, "s3://bucket/prefix/digits", True),
-        (None, None, None, "/artifacts/digits", False),
+        ("pvc://conveyor-artifacts", "conveyor-artifacts", None),
+        ("pvc://shared/teams/a/", "shared", "teams/a"),
+        (None, None, None),
     ],
 )
-def test_storage(uri: str | None, claim: str | None, sub_path: str | None, root: str, env_from: bool) -> None:
+def test_storage(uri: str | None, claim: str | None, sub_path: str | None) -> None:
     store = b.storage(owner({"storage": {"uri": uri} if uri else {}}))
-    assert store.root == root
-    claims = [v["persistentVolumeClaim"]["claimName"] for v in store.volumes if "persistentVolumeClaim" in v]
-    assert claims == ([claim] if claim else [])
+    assert store.root == "/artifacts/digits"
+    (volume,), (mount,) = store.volumes, store.mounts
+    assert mount["name"] == volume["name"] and mount["mountPath"] == "/artifacts"
+    assert mount.get("subPath") == sub_path
     if claim:
-        assert store.mounts[0].get("subPath") == sub_path
-    assert bool(store.env_from) is env_from
+        assert volume["persistentVolumeClaim"] == {"claimName": claim}
+    else:
+        assert volume["emptyDir"] == {}
+
+
+def pod_of(job: dict[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = job["spec"]["template"]["spec"]
+    return pod
+
+
+@pytest.mark.parametrize(
+    ("data", "claim", "secret"),
+    [
+        ({"source": "pvc://datasets/tables/digits.csv"}, "datasets", None),
+        ({"source": "pvc://conveyor-artifacts"}, "conveyor-artifacts", None),  # the artifacts' claim too
+        ({"source": "s3://bucket/digits.csv", "credentialsSecret": "s3-reader"}, None, "s3-reader"),
+        ({"source": "pvc://datasets/x.csv", "credentialsSecret": "extra"}, "datasets", "extra"),
+        ({"source": "builtin://digits"}, None, None),
+    ],
+)
+def test_prepare_pod_gets_its_data_source(
+    data: dict[str, Any], claim: str | None, secret: str | None
+) -> None:
+    pod = pod_of(b.workload_job(owner({"data": data}), SETTINGS, PREPARE))
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    if claim:
+        assert volumes["data-source"]["persistentVolumeClaim"] == {"claimName": claim, "readOnly": True}
+        assert mounts["data-source"]["mountPath"] == f"/mnt/pvc/{claim}"
+        assert mounts["data-source"]["readOnly"] is True
+        # The trainer resolves pvc://CLAIM/PATH to $CONVEYOR_PVC_ROOT/CLAIM/PATH: the mount above.
+        assert env_of(container)["CONVEYOR_PVC_ROOT"] == "/mnt/pvc"
+        assert mounts["artifacts"]["mountPath"] == "/artifacts"  # storage stays where it was
+    else:
+        assert "data-source" not in volumes and "CONVEYOR_PVC_ROOT" not in env_of(container)
+    if secret:
+        assert container["envFrom"] == [{"secretRef": {"name": secret}}]  # not optional: a typo shows
+    else:
+        assert "envFrom" not in container
+
+
+def test_only_the_prepare_pod_reads_the_data_source() -> None:
+    spec = owner({"data": {"source": "pvc://datasets/x.csv", "credentialsSecret": "s3-reader"}})
+    evaluate = Workload("evaluate-model", "evaluate", "evaluate", "evaluation/model", models=("model",))
+    for workload in (trial(), evaluate):
+        pod = pod_of(b.workload_job(spec, SETTINGS, workload))
+        assert all(v["name"] != "data-source" for v in pod["volumes"])
+        assert "envFrom" not in pod["containers"][0]
+    deployment = b.serving_objects(spec, SETTINGS, "model", ServingSpec())[0]
+    assert "envFrom" not in deployment["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_reserved_env_is_what_the_builders_write() -> None:
+    """`spec.env` may set exactly the names Conveyor does not: every name a workload pod gets is the
+    user's, a default, or reserved; and nothing is reserved in vain."""
+    user = (("HF_HOME", "/cache"), ("OMP_NUM_THREADS", "3"))
+    spec = owner({"data": {"source": "pvc://datasets/x.csv"}})
+    written: set[str] = set()
+    for base in (trial(), PREPARE):
+        workload = dataclasses.replace(base, env=user)
+        (container,) = pod_of(b.workload_job(spec, SETTINGS, workload))["containers"]
+        env = env_of(container)
+        assert env["HF_HOME"] == "/cache" and env["OMP_NUM_THREADS"] == "3"  # defaults yield to the user
+        written |= set(env) - {"HF_HOME"} - set(default_env(workload))
+    torchrun_sets = {"RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"}
+    assert written == set(RESERVED_ENV) - torchrun_sets
 
 
 def test_scheduling_pass_through_and_kueue() -> None:

@@ -4,8 +4,16 @@ from many threads at once."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import get_args
 
-from conveyor.operator.api.status import PipelineStatus, StagesStatus, StageStatus, TrialStatus
+from conveyor.operator.api.status import (
+    Phase,
+    PipelineStatus,
+    StagesStatus,
+    StageStatus,
+    TrialState,
+    TrialStatus,
+)
 from conveyor.operator.kubernetes.metrics import Metrics
 
 
@@ -16,6 +24,14 @@ def status(phase: str, *trial_states: str) -> PipelineStatus:
 
 def gauge(metrics: Metrics, name: str, label: str, value: str) -> float | None:
     return metrics.registry.get_sample_value(name, {label: value})
+
+
+def test_every_phase_and_trial_state_is_a_series_from_the_start() -> None:
+    metrics = Metrics()
+    for phase in get_args(Phase):
+        assert gauge(metrics, "conveyor_pipelines", "phase", phase) == 0, phase
+    for state in get_args(TrialState):
+        assert gauge(metrics, "conveyor_trials", "state", state) == 0, state
 
 
 def test_gauges_move_with_each_pipelines_status() -> None:

@@ -1,5 +1,6 @@
 """Table tests for the pure parts of the Kubernetes executor and the progress endpoint: Jobs and pods
-(API dicts) -> WorkloadObservation, Deployment -> ServingObservation, token identity and rate limits."""
+(API dicts) -> WorkloadObservation (facts only: what they mean is the engine's), Deployment ->
+ServingObservation, token identity and rate limits."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from typing import Any
 
 import pytest
 
+from conveyor.operator.engine import EpochReport
+from conveyor.operator.kubernetes import builders
 from conveyor.operator.kubernetes import executor as ex
 from conveyor.operator.kubernetes import statusserver as ss
+from tests.helpers.kubernetes_objects import done, pod
 
 RESULT = {"event": "result", "status": "succeeded", "objective": {"metric": "accuracy", "value": 0.97}}
 
@@ -25,18 +29,6 @@ def job(*conditions: tuple[str, str]) -> dict[str, Any]:
             ],
         },
     }
-
-
-def pod(index: int, phase: str, state: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
-        "status": {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]},
-    }
-
-
-def done(code: int, message: str = "", reason: str | None = None) -> dict[str, Any]:
-    reason = reason or ("Error" if code else "Completed")
-    return {"terminated": {"exitCode": code, "reason": reason, "message": message}}
 
 
 OK_MSG = json.dumps(RESULT)
@@ -75,7 +67,8 @@ OK_MSG = json.dumps(RESULT)
             None,
             True,
         ),
-        (job(("Complete", "")), [pod(0, "Succeeded", done(0))], "failed", "NoResult", False),
+        # Complete without a result: a fact; the engine makes it NoResult (test_executor_protocol).
+        (job(("Complete", "")), [pod(0, "Succeeded", done(0))], "succeeded", None, False),
         (
             job(("Failed", "BackoffLimitExceeded")),
             [pod(0, "Failed", done(137, "", "OOMKilled"))],
@@ -87,8 +80,16 @@ OK_MSG = json.dumps(RESULT)
             job(("Failed", "PodFailurePolicy")),
             [pod(0, "Failed", done(2, "bad column"))],
             "failed",
-            "ExitCode",
+            "InvalidInput",
             False,
+        ),
+        (job(("Failed", "PodFailurePolicy")), [], "failed", "InvalidInput", False),  # pods already gone
+        (
+            job(("Failed", "BackoffLimitExceeded")),
+            [pod(0, "Failed", done(134, OK_MSG))],  # crashed while exiting, after its result
+            "failed",
+            "ExitCode",
+            True,
         ),
         (job(("Failed", "DeadlineExceeded")), [], "failed", "DeadlineExceeded", False),
     ],
@@ -130,8 +131,29 @@ def test_observe_deployment(status: dict[str, Any], ready: bool) -> None:
         "status": status,
     }
     seen = ex.observe_deployment(deployment, "http://x")
-    assert seen is not None and seen.ready is ready and seen.model == "ensemble"
-    assert ex.observe_deployment(None, "http://x") is None
+    assert seen.ready is ready and seen.model == "ensemble"
+    nothing = ex.observe_deployment(None, "http://x")  # nothing served: the engine starts serving again
+    assert (nothing.ready, nothing.model) == (False, None)
+
+
+def test_observe_jobs_finds_each_attempts_job_and_pods() -> None:
+    current = job(("Complete", ""))
+    current["metadata"]["name"] = builders.job_name("digits", "trial-0001", 1)
+    older = job(("Failed", "BackoffLimitExceeded"))
+    older["metadata"]["name"] = builders.job_name("digits", "trial-0001", 0)
+    result_pod = pod(0, "Succeeded", done(0, OK_MSG))
+    result_pod["metadata"]["labels"] = {"job-name": current["metadata"]["name"]}
+    seen = ex.observe_jobs(
+        "digits",
+        [("trial-0001", 1), ("trial-0002", 0)],
+        [older, current],
+        [result_pod],
+        lambda name, attempt: (EpochReport(attempt, {"accuracy": 0.9}),),
+    )
+    assert (seen["trial-0001"].state, seen["trial-0001"].attempt) == ("succeeded", 1)
+    assert seen["trial-0001"].result == RESULT
+    assert [e.epoch for e in seen["trial-0001"].epochs] == [1]
+    assert seen["trial-0002"].state == "lost"
 
 
 def review_for(pod_name: str | None, authenticated: bool = True) -> dict[str, Any]:

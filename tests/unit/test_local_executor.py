@@ -1,26 +1,19 @@
-"""The local executor's bookkeeping with real (tiny) processes: what it reports for workloads it runs,
-for workloads a previous run left behind, and that stopping takes the whole process tree down."""
+"""The local executor's bookkeeping with real (tiny) processes: the facts it reports for workloads it
+runs and for workloads a previous run left behind, and that stopping takes the whole process tree down.
+What the facts mean is the engine's (tests/unit/test_executor_protocol.py)."""
 
 from __future__ import annotations
 
 import json
-import stat
 import time
 from pathlib import Path
 
-import psutil
-
 from conveyor.operator.engine.actions import StartWorkload, StopWorkload
+from conveyor.operator.engine.observations import WorkloadObservation
 from conveyor.operator.executors.local import LocalExecutor
+from conveyor.operator.executors.protocol import carry_out
 from conveyor.operator.workloads import Workload
-
-
-def fake_python(tmp_path: Path, body: str) -> str:
-    """An executable standing in for `python`: the executor runs `<it> -m conveyor.trainer ...`."""
-    script = tmp_path / "fake-python"
-    script.write_text(f"#!/bin/sh\n{body}\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return str(script)
+from tests.helpers.processes import alive, fake_python, leftovers
 
 
 def trial(attempt: int = 0, workers: int = 2) -> Workload:
@@ -35,10 +28,14 @@ def write_result(root: Path, workload: Workload, **fields: object) -> None:
     (out / "result.json").write_text(json.dumps({"event": "result", **fields}))
 
 
+def observe(executor: LocalExecutor, workload: Workload) -> WorkloadObservation:
+    return executor.observe([(workload.name, workload.attempt)], serving=False).workloads[workload.name]
+
+
 def wait_until_done(executor: LocalExecutor, workload: Workload) -> str:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        state = executor.observe_workload(workload).state
+        state = observe(executor, workload).state
         if state not in ("running", "pending"):
             return state
         time.sleep(0.05)
@@ -49,7 +46,7 @@ def test_one_process_per_worker_and_success_needs_every_worker(tmp_path: Path) -
     root = tmp_path / "run"
     executor = LocalExecutor(root, python=fake_python(tmp_path, 'echo "$PET_NODE_RANK $WORLD_SIZE"'))
     workload = trial(workers=3)
-    executor.apply([StartWorkload(workload)])
+    carry_out(executor, [StartWorkload(workload)])
     assert len(executor.jobs["trial-0001"].processes) == 3
     assert wait_until_done(executor, workload) == "succeeded"
     log = (root / "logs" / "trial-0001-0.log").read_text().split("\n")
@@ -60,9 +57,9 @@ def test_a_failing_worker_fails_the_workload_with_its_log(tmp_path: Path) -> Non
     body = 'if [ "$PET_NODE_RANK" = 1 ]; then echo "boom on rank 1"; exit 3; fi'
     executor = LocalExecutor(tmp_path / "run", python=fake_python(tmp_path, body))
     workload = trial()
-    executor.apply([StartWorkload(workload)])
+    carry_out(executor, [StartWorkload(workload)])
     assert wait_until_done(executor, workload) == "failed"
-    seen = executor.observe_workload(workload)
+    seen = observe(executor, workload)
     assert seen.reason == "ProcessFailed"
     assert seen.message is not None and "boom on rank 1" in seen.message and "3" in seen.message
 
@@ -70,9 +67,9 @@ def test_a_failing_worker_fails_the_workload_with_its_log(tmp_path: Path) -> Non
 def test_a_start_for_the_running_attempt_is_a_no_op(tmp_path: Path) -> None:
     executor = LocalExecutor(tmp_path / "run", python=fake_python(tmp_path, "sleep 30"))
     workload = trial()
-    executor.apply([StartWorkload(workload)])
+    carry_out(executor, [StartWorkload(workload)])
     first = [p.pid for p in executor.jobs["trial-0001"].processes]
-    executor.apply([StartWorkload(workload)])
+    carry_out(executor, [StartWorkload(workload)])
     assert [p.pid for p in executor.jobs["trial-0001"].processes] == first
     executor.shutdown()
 
@@ -82,22 +79,14 @@ def test_stop_takes_down_the_process_tree(tmp_path: Path) -> None:
     body = f"sleep 60 & echo $! > {tmp_path}/grandchild.$PET_NODE_RANK; wait"
     executor = LocalExecutor(tmp_path / "run", python=fake_python(tmp_path, body))
     workload = trial()
-    executor.apply([StartWorkload(workload)])
+    carry_out(executor, [StartWorkload(workload)])
     deadline = time.monotonic() + 10
     while len(list(tmp_path.glob("grandchild.*"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     grandchildren = [int(p.read_text()) for p in tmp_path.glob("grandchild.*")]
     assert len(grandchildren) == 2
-    executor.apply([StopWorkload("trial-0001", 0, "Pruned")])
-    time.sleep(0.2)
-    assert not [pid for pid in grandchildren if alive(pid)]
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    carry_out(executor, [StopWorkload("trial-0001", 0, "Pruned")])
+    assert leftovers(lambda: [pid for pid in grandchildren if alive(pid)], timeout=10) == []
 
 
 def test_after_a_restart_a_finished_workload_reports_its_result_and_an_unfinished_one_is_lost(
@@ -109,18 +98,26 @@ def test_after_a_restart_a_finished_workload_reports_its_result_and_an_unfinishe
     write_result(
         root, finished, status="succeeded", attempt=0, objective={"metric": "accuracy", "value": 0.9}
     )
-    assert executor.observe_workload(finished).state == "succeeded"
-    assert executor.observe_workload(finished).result is not None
-    assert executor.observe_workload(unfinished).state == "lost"
+    # Both are lost (their processes are gone); the finished one's result survived: the engine's verdict.
+    assert observe(executor, finished).state == "lost"
+    assert observe(executor, finished).result is not None
+    assert (observe(executor, unfinished).state, observe(executor, unfinished).result) == ("lost", None)
     # A result from an older attempt is not this attempt's.
-    assert executor.observe_workload(trial(attempt=1)).state == "lost"
+    assert observe(executor, trial(attempt=1)).result is None
 
 
 def test_starting_an_attempt_discards_an_older_attempts_result(tmp_path: Path) -> None:
     root = tmp_path / "run"
     executor = LocalExecutor(root, python=fake_python(tmp_path, "sleep 30"))
     write_result(root, trial(), status="failed", attempt=0, reason="Boom")
-    executor.apply([StartWorkload(trial(attempt=1))])
+    carry_out(executor, [StartWorkload(trial(attempt=1))])
     assert not (root / "trials" / "trial-0001" / "result.json").exists()
-    assert executor.observe_workload(trial(attempt=1)).state == "running"
+    assert observe(executor, trial(attempt=1)).state == "running"
     executor.shutdown()
+
+
+def test_serving_is_observed_only_when_asked_and_nothing_served_says_so(tmp_path: Path) -> None:
+    executor = LocalExecutor(tmp_path / "run")
+    assert executor.observe([], serving=False).serving is None
+    nothing = executor.observe([], serving=True).serving
+    assert nothing is not None and (nothing.ready, nothing.model) == (False, None)

@@ -7,12 +7,14 @@ import json
 import pytest
 
 from conveyor.operator.workloads import (
+    RESERVED_ENV,
     Workload,
     command_argv,
+    contract_env,
     serve_argv,
     torchrun_argv,
-    torchrun_env,
     trainer_argv,
+    worker_env,
 )
 from conveyor.trainer.config import ServingSpec
 
@@ -99,12 +101,14 @@ def test_config_travels_as_json_not_templating() -> None:
 
 
 def test_torchrun_env_contract() -> None:
-    env = torchrun_env(TRIAL, "digits-trial-0007-0.digits", 29500, node_rank=1)
+    env = worker_env(TRIAL, "digits-trial-0007-0.digits", 29500, node_rank=1)
     assert env["PET_NNODES"] == "2" and env["PET_NPROC_PER_NODE"] == "2" and env["PET_NODE_RANK"] == "1"
     assert env["PET_MASTER_ADDR"] == env["MASTER_ADDR"] == "digits-trial-0007-0.digits"
     assert env["PET_MASTER_PORT"] == env["MASTER_PORT"] == "29500"
     assert env["WORLD_SIZE"] == "4" and env["PYTHONUNBUFFERED"] == "1"
     assert env["PET_RDZV_BACKEND"] == "static" and "timeout=" in env["PET_RDZV_CONF"]
+    assert env["PET_RDZV_ENDPOINT"] == "digits-trial-0007-0.digits:29500"
+    assert env["PET_RDZV_ID"] == "trial-0007-1"
     assert env["PET_MAX_RESTARTS"] == "0"
     assert env["OMP_NUM_THREADS"] == "2"  # 4 CPUs shared by 2 processes
     assert env["CONVEYOR_WORKLOAD"] == "trial-0007" and env["CONVEYOR_ATTEMPT"] == "1"
@@ -119,8 +123,28 @@ def test_user_env_cannot_override_the_contract() -> None:
         distributed=True,
         env=(("MASTER_PORT", "1"), ("HF_HOME", "/cache")),
     )
-    env = torchrun_env(workload, "127.0.0.1")
+    env = worker_env(workload, "127.0.0.1")
     assert env["MASTER_PORT"] == "29500" and env["HF_HOME"] == "/cache"
+
+
+@pytest.mark.parametrize("distributed", [True, False])
+def test_the_user_env_overrides_the_defaults(distributed: bool) -> None:
+    user = (("OMP_NUM_THREADS", "8"), ("PYTHONUNBUFFERED", "0"))
+    workload = Workload("train", "train", "train", "model", distributed=distributed, env=user)
+    _, env = command_argv(workload, "/r")
+    assert env["OMP_NUM_THREADS"] == "8" and env["PYTHONUNBUFFERED"] == "0"
+
+
+def test_reserved_env_is_the_contract() -> None:
+    """What `spec.env` may not set is derived from what the contract writes, plus what torchrun sets per
+    process, and the pvc:// mount root and progress endpoint the Kubernetes executor sets (tested with the
+    builders)."""
+    distributed = contract_env(TRIAL, "h", 1, 0)
+    kubernetes = {"CONVEYOR_PVC_ROOT", "CONVEYOR_PROGRESS_URL", "CONVEYOR_PROGRESS_TOKEN_FILE"}
+    assert set(RESERVED_ENV) == {*distributed, "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", *kubernetes}
+    single = contract_env(Workload("prepare", "prepare", "prepare", "data"))
+    assert set(single) == {"CONVEYOR_WORKLOAD", "CONVEYOR_ATTEMPT"} < set(distributed)
+    assert "CONVEYOR_RUN_ROOT" not in RESERVED_ENV  # nothing sets it
 
 
 def test_torchrun_argv() -> None:

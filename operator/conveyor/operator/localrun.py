@@ -1,9 +1,10 @@
 """`conveyor run`: the engine driven by the local executor, with status kept in the run directory.
 
 Locally, `<root>/status.json` plays the part of the resource's status on Kubernetes: the loop reads it,
-asks the engine for the next actions, writes it back (atomically, only when it changed) and carries the
-actions out. Running the same command again therefore resumes: finished trials are not run again, and
-interrupted workloads restart from their checkpoints.
+observes the workloads it names, asks the engine for the next actions, writes it back (atomically,
+only when it changed) and carries the actions out, as the operator does. Running the same command
+again therefore resumes: finished trials are not run again, and interrupted workloads restart from
+their checkpoints.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pathlib import Path
 from conveyor.operator.api.resource import TrainingPipeline
 from conveyor.operator.api.spec import TrainingPipelineSpec
 from conveyor.operator.api.status import PipelineStatus
-from conveyor.operator.engine import active_workloads, reconcile, workload_for
+from conveyor.operator.engine import active_workloads, reconcile
 from conveyor.operator.executors.local import LocalExecutor
+from conveyor.operator.executors.protocol import carry_out
 from conveyor.trainer.artifacts import write_json_atomic
 
 STATUS_FILE = "status.json"
@@ -81,14 +83,13 @@ class LocalRun:
 
     def step(self, status: PipelineStatus) -> PipelineStatus:
         """One reconcile: observe, decide, persist, act."""
-        started = [workload_for(self.spec, status, n, a) for n, a in active_workloads(status)]
-        observations = self.executor.observe(started)
+        observations = self.executor.observe(active_workloads(status), status.serving is not None)
         decision = reconcile(
             self.spec, status, observations, datetime.now(UTC), generation=self.pipeline.metadata.generation
         )
         if decision.status != status:
             save_status(self.root, decision.status)
-        self.executor.apply(decision.actions)
+        carry_out(self.executor, decision.actions)
         return decision.status
 
     def run(

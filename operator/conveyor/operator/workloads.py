@@ -12,6 +12,10 @@ image picks them up. The rendezvous timeout is long (15 min) because rank 0's DN
 on a busy cluster (pytorch#73682, kubeflow pytorch-operator#125); torchrun itself does not restart
 workers (`--max-restarts 0`) because one node restarting alone under static rendezvous hangs the others:
 the engine restarts the whole gang instead, and the trainer resumes from its checkpoint.
+
+The names `contract_env` writes are the names a manifest's `spec.env` may not set (`RESERVED_ENV`,
+enforced by `api.rules`), derived from it so the two cannot drift; `PYTHONUNBUFFERED` and
+`OMP_NUM_THREADS` are defaults the manifest may override.
 """
 
 from __future__ import annotations
@@ -24,14 +28,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from conveyor.trainer.config import ServingSpec
+from conveyor.operator.api.status import StageName
+
+# EXIT_INVALID_INPUT, the trainer's exit status for an invalid config or dataset, is re-exported for the
+# executors: they report it as a permanent failure (reason InvalidInput) and the engine does not retry.
+from conveyor.trainer.config import EXIT_INVALID_INPUT as EXIT_INVALID_INPUT
+from conveyor.trainer.config import PVC_ROOT_ENV, ServingSpec
+from conveyor.trainer.progress import PROGRESS_TOKEN_FILE_ENV, PROGRESS_URL_ENV
 
 Command = Literal["prepare", "train", "evaluate", "ensemble"]
-StageName = Literal["prepare", "tune", "train", "evaluate", "ensemble", "serve"]
 
-# The trainer exits with this code when its config or dataset is invalid: retrying cannot help, so
-# executors report it as a permanent failure (reason InvalidInput) and the engine does not retry.
-EXIT_INVALID_INPUT = 2
 PERMANENT_REASONS = frozenset({"InvalidInput", "InvalidConfig", "DataError"})
 DEFAULT_MASTER_PORT = 29500
 RENDEZVOUS_TIMEOUT_SECONDS = 900
@@ -142,48 +148,72 @@ def _threads_per_process(workload: Workload) -> int:
     return max(1, math.floor(cores / max(1, workload.processes_per_worker)))
 
 
-def torchrun_env(
-    workload: Workload, master_addr: str, master_port: int = DEFAULT_MASTER_PORT, node_rank: int | str = 0
+def contract_env(
+    workload: Workload,
+    master_addr: str = "127.0.0.1",
+    master_port: int = DEFAULT_MASTER_PORT,
+    node_rank: int | str = 0,
 ) -> dict[str, str]:
-    """The environment of worker `node_rank` of a distributed workload (same on localhost and in pods).
-    In pods `node_rank` is a `$(VAR)` reference expanded by the kubelet (the Job completion index)."""
-    nnodes = workload.workers if workload.distributed else 1
-    nproc = workload.processes_per_worker if workload.distributed else 1
-    env = dict(workload.env)
+    """What the contract owns in the environment of worker `node_rank`: the workload's identity and, when
+    distributed, torchrun's rendezvous. In pods `node_rank` is a `$(VAR)` reference expanded by the
+    kubelet (the Job completion index)."""
+    env = {"CONVEYOR_WORKLOAD": workload.name, "CONVEYOR_ATTEMPT": str(workload.attempt)}
+    if not workload.distributed:
+        return env
+    nnodes, nproc = workload.workers, workload.processes_per_worker
+    endpoint = f"{master_addr}:{master_port}"  # what static rendezvous would derive from the two
     env.update(
         {
-            "PYTHONUNBUFFERED": "1",
             "PET_NNODES": str(nnodes),
             "PET_NPROC_PER_NODE": str(nproc),
             "PET_NODE_RANK": str(node_rank),
             "PET_MASTER_ADDR": master_addr,
             "PET_MASTER_PORT": str(master_port),
             "PET_RDZV_BACKEND": "static",
+            "PET_RDZV_ENDPOINT": endpoint,
+            "PET_RDZV_ID": workload.key,
             "PET_RDZV_CONF": f"timeout={RENDEZVOUS_TIMEOUT_SECONDS}",
             "PET_MAX_RESTARTS": "0",
             "MASTER_ADDR": master_addr,
             "MASTER_PORT": str(master_port),
             "WORLD_SIZE": str(nnodes * nproc),
-            "OMP_NUM_THREADS": str(_threads_per_process(workload)),
-            "CONVEYOR_WORKLOAD": workload.name,
-            "CONVEYOR_ATTEMPT": str(workload.attempt),
         }
     )
     return env
 
 
-def workload_env(workload: Workload) -> dict[str, str]:
-    """The environment of a single-process workload."""
-    env = dict(workload.env)
-    env.update(
-        {
-            "PYTHONUNBUFFERED": "1",
-            "OMP_NUM_THREADS": str(_threads_per_process(workload)),
-            "CONVEYOR_WORKLOAD": workload.name,
-            "CONVEYOR_ATTEMPT": str(workload.attempt),
-        }
-    )
-    return env
+def default_env(workload: Workload) -> dict[str, str]:
+    """Environment every workload gets unless the manifest's `spec.env` says otherwise."""
+    return {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(_threads_per_process(workload))}
+
+
+# What torchrun itself sets in every training process it starts, whatever the worker's environment says.
+TORCHRUN_PROCESS_ENV = ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+# The names a manifest's `spec.env` may not set: what `contract_env` writes (a distributed workload's is
+# the superset), what torchrun sets per process, and the pvc:// mount root the Kubernetes executor sets
+# in pods that read a pvc:// data source, and the progress endpoint it gives every workload pod.
+RESERVED_ENV: tuple[str, ...] = (
+    *contract_env(Workload("", "train", "train", "", distributed=True)),
+    *TORCHRUN_PROCESS_ENV,
+    PVC_ROOT_ENV,
+    PROGRESS_URL_ENV,
+    PROGRESS_TOKEN_FILE_ENV,
+)
+
+
+def worker_env(
+    workload: Workload,
+    master_addr: str = "127.0.0.1",
+    master_port: int = DEFAULT_MASTER_PORT,
+    node_rank: int | str = 0,
+) -> dict[str, str]:
+    """The environment of worker `node_rank` (same on localhost and in pods): the defaults, then the
+    manifest's `spec.env`, then the contract."""
+    return {
+        **default_env(workload),
+        **dict(workload.env),
+        **contract_env(workload, master_addr, master_port, node_rank),
+    }
 
 
 def torchrun_argv(
@@ -229,9 +259,7 @@ def command_argv(
 ) -> tuple[list[str], dict[str, str]]:
     """Command line and environment of worker `node_rank`: torchrun for distributed workloads, plain
     python otherwise."""
+    env = worker_env(workload, master_addr, master_port, node_rank)
     if workload.distributed:
-        return (
-            torchrun_argv(workload, root, master_addr, master_port, node_rank, python),
-            torchrun_env(workload, master_addr, master_port, node_rank),
-        )
-    return python_argv(workload, root, python), workload_env(workload)
+        return torchrun_argv(workload, root, master_addr, master_port, node_rank, python), env
+    return python_argv(workload, root, python), env

@@ -21,7 +21,6 @@ STAGES: dict[str, tuple[str, str]] = {
     "ensemble": ("conveyor.trainer.ensemble", "combine model directories into an ensemble"),
     "serve": ("conveyor.trainer.serve", "serve a model over the Open Inference Protocol v2"),
 }
-USAGE_ERROR = 2
 
 
 def stage_module(name: str) -> ModuleType:
@@ -48,7 +47,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from conveyor.trainer.config import ConfigError
+    from conveyor.trainer.config import EXIT_INVALID_INPUT, ConfigError
     from conveyor.trainer.data import DataError
 
     argv = sys.argv[1:] if argv is None else argv
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(stage_module(args.stage).run(args))
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
-        return USAGE_ERROR
+        return EXIT_INVALID_INPUT
 
 
 if __name__ == "__main__":

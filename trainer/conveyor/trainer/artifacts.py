@@ -52,6 +52,16 @@ CHECKPOINT_DIR = "checkpoints"
 LATEST_CHECKPOINT = "latest.pt"
 REPORT_FILE = "report.json"
 
+TRIAL_PREFIX = "trial-"  # tuning trials are the workloads trial-0000, trial-0001, ...
+# Where each of the other workloads writes (the control plane's workload names).
+WORKLOAD_DIRS = {
+    "prepare": DATA_DIR,
+    "train": MODEL_DIR,
+    "evaluate-model": f"{EVALUATION_DIR}/{MODEL_DIR}",
+    "ensemble": ENSEMBLE_DIR,
+    "evaluate-ensemble": f"{EVALUATION_DIR}/{ENSEMBLE_DIR}",
+}
+
 
 class NormalizationStats(BaseModel):
     """Statistics from the train split, applied again at serving time to raw inputs.
@@ -105,6 +115,14 @@ class ModelCard(BaseModel):
     method: str | None = Field(
         default=None, description="ensemble: softVoting | hardVoting | weightedAverage"
     )
+
+
+def workload_dir(name: str) -> str:
+    """The output directory of workload `name` relative to the root, from its name alone: an executor
+    finds what a workload wrote even if it did not start it (an interrupted `conveyor run`)."""
+    if name.startswith(TRIAL_PREFIX):
+        return f"{TRIALS_DIR}/{name}"
+    return WORKLOAD_DIRS[name]
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

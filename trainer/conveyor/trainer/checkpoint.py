@@ -1,5 +1,8 @@
 """Checkpoints that survive a crash at any instant: written atomically, loaded only when whole.
 
+This module moves a checkpoint to and from disk; what it holds is owned by
+`conveyor.trainer.training_state.TrainingState` (`state_dict` / `load_state_dict`).
+
 `save` writes to a temporary file in the same directory (named `.latest.pt.<pid>.tmp`, never
 `latest.pt`), flushes and fsyncs it, then `os.replace`s it over `latest.pt` and fsyncs the directory.
 A process killed mid-write leaves only a temporary file, which `load` never reads (and `remove_partials`

@@ -11,7 +11,8 @@ AdamW at 2e-3 on standardised features reaches ~98% test accuracy on builtin://d
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -31,6 +32,25 @@ REGRESSION_METRICS = ("mse", "rmse", "mae", "r2")
 # Metrics where smaller is better; everything else is maximised.
 LOWER_IS_BETTER = frozenset({"loss", "logLoss", "mse", "rmse", "mae"})
 BUILTIN_DATASETS = ("digits", "iris", "wine", "breast-cancer", "diabetes", "synthetic")
+
+# The exit status of a stage whose config or data is invalid (ConfigError, DataError; argparse's usage
+# errors exit with it too): retrying cannot help, so executors fail the workload at once.
+EXIT_INVALID_INPUT = 2
+
+# `pvc://CLAIM[/PATH]`: a PersistentVolumeClaim, as a data source (mounted read-only at
+# $CONVEYOR_PVC_ROOT/CLAIM in the pod that reads it) or as the artifact root (spec.storage.uri).
+PVC_SCHEME = "pvc://"
+PVC_URI_PATTERN = r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/.*)?$"
+PVC_ROOT_ENV = "CONVEYOR_PVC_ROOT"
+DEFAULT_PVC_ROOT = "/mnt/pvc"
+# A Secret's name (DNS-1123 subdomain).
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+
+
+def split_pvc(uri: str) -> tuple[str, str]:
+    """`pvc://CLAIM/PATH` -> (CLAIM, PATH); PATH has no leading or trailing slash."""
+    claim, _, path = uri.removeprefix(PVC_SCHEME).partition("/")
+    return claim, path.strip("/")
 
 
 def metrics_for(task: TaskType) -> tuple[str, ...]:
@@ -147,7 +167,9 @@ class DataSpec(Spec):
         default="builtin://digits",
         description="builtin://{digits,iris,wine,breast-cancer,diabetes,synthetic}, a path, file://, "
         "pvc://NAME/PATH, s3://, gs:// or http(s):// to a CSV or Parquet file "
-        "or a class-per-folder image tree.",
+        "or a class-per-folder image tree. pvc://: on Kubernetes the prepare pod mounts claim NAME "
+        "read-only; `conveyor run` reads $CONVEYOR_PVC_ROOT/NAME/PATH (default /mnt/pvc). s3://, gs:// "
+        "and other fsspec protocols need their package (s3fs, gcsfs, ...) in the trainer image.",
     )
     target: str = Field(
         default="label", description="Label column of tabular files (ignored for builtin sets)."
@@ -160,7 +182,12 @@ class DataSpec(Spec):
         default=None, ge=4, le=512, description="Side that folder images are resized to (default: 32)."
     )
     credentials_secret: str | None = Field(
-        default=None, description="Secret with object-store credentials (Kubernetes only)."
+        default=None,
+        max_length=253,
+        pattern=SECRET_NAME_PATTERN,
+        description="Kubernetes only: a Secret of the pipeline's namespace whose keys become the "
+        "environment of the prepare pod, the one pod that reads data.source (e.g. AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY for s3://). `conveyor run` uses its own environment instead.",
     )
 
     @model_validator(mode="after")
@@ -174,6 +201,11 @@ class DataSpec(Spec):
                 )
         elif not self.source.strip():
             raise ValueError("source is empty; give builtin://digits, a path or a URI")
+        elif self.source.startswith(PVC_SCHEME) and not re.match(PVC_URI_PATTERN, self.source):
+            raise ValueError(
+                f"source {self.source!r} names no valid claim; write pvc://CLAIM-NAME/path/in/volume "
+                "(a claim name is lower case letters, digits, '-' and '.')"
+            )
         return self
 
 
@@ -249,7 +281,33 @@ class GateSpec(Spec):
         return self
 
     def passes(self, value: float) -> bool:
-        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+        return gate_passes(self, value)
+
+
+class GateBounds(Protocol):
+    """A gate as the spec (`GateSpec`) and the pipeline's status (`GateStatus`) both carry it."""
+
+    metric: str
+    min: float | None
+    max: float | None
+
+
+def gate_passes(gate: GateBounds, value: float) -> bool:
+    return (gate.min is None or value >= gate.min) and (gate.max is None or value <= gate.max)
+
+
+def gate_message(gate: GateBounds, value: float | None, subject: str) -> str:
+    """The gate's verdict in words, e.g. `model test accuracy 0.9731 passes the gate (accuracy >= 0.95)`;
+    `subject` says whose value it is. Torch-free and typed on `GateBounds`, so the trainer's report and
+    the operator's status, events and summaries can all say it the same way."""
+    bounds = " and ".join(
+        f"{op} {bound}" for op, bound in ((">=", gate.min), ("<=", gate.max)) if bound is not None
+    )
+    rule = f"the gate ({gate.metric} {bounds})"
+    if value is None:
+        return f"{subject} {gate.metric} was not computed, so it fails {rule}"
+    verdict = "passes" if gate_passes(gate, value) else "fails"
+    return f"{subject} {gate.metric} {value:.4f} {verdict} {rule}"
 
 
 class EvaluationSpec(Spec):

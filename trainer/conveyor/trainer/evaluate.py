@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from conveyor.trainer import artifacts, metrics, progress
-from conveyor.trainer.config import GateSpec, goal_for
+from conveyor.trainer.config import GateSpec, gate_message, goal_for
 
 CONFUSION_PNG = "confusion_matrix.png"
 ROC_PNG = "roc.png"
@@ -85,15 +85,8 @@ def gate_outcome(gate: GateSpec | None, values: dict[str, float]) -> dict[str, A
         return None
     value = values.get(gate.metric)
     outcome: dict[str, Any] = {"metric": gate.metric, "min": gate.min, "max": gate.max, "value": value}
-    if value is None:
-        outcome.update(passed=False, message=f"metric {gate.metric!r} was not computed for this model/data")
-    else:
-        outcome["passed"] = gate.passes(value)
-        bounds = " and ".join(
-            f"{op} {bound}" for op, bound in ((">=", gate.min), ("<=", gate.max)) if bound is not None
-        )
-        verdict = "passes" if outcome["passed"] else "fails"
-        outcome["message"] = f"{gate.metric} = {value:.4f} {verdict} the gate ({gate.metric} {bounds})"
+    outcome["passed"] = value is not None and gate.passes(value)
+    outcome["message"] = gate_message(gate, value, "test")
     return outcome
 
 

@@ -26,17 +26,16 @@ import math
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from conveyor.trainer.artifacts import WEIGHTS_FILE, DatasetMetadata, ModelCard, read_card
+from conveyor.trainer.config import Quantization
 
 CHUNK = 8192
 HARD_VOTE_TIE_BREAK = 1e-3
-QuantizationMode = Literal["none", "int8"]
 
 
 class Predictor(ABC):
@@ -232,7 +231,7 @@ def resolve_member(ensemble_dir: Path, member: str) -> Path:
 
 def load_predictor(
     model_dir: Path | str,
-    quantization: QuantizationMode = "none",
+    quantization: Quantization = "none",
     device: str | torch.device = "cpu",
 ) -> Predictor:
     """Load a model directory (single model or ensemble) ready for inference."""

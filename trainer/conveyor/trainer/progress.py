@@ -27,6 +27,11 @@ from typing import Any
 
 from conveyor.trainer.artifacts import PROGRESS_FILE, RESULT_FILE, write_json_atomic
 
+# Where a pod pushes its epoch events, and the projected token it proves itself with (set by the
+# Kubernetes executor; absent locally, where progress.jsonl is read instead).
+PROGRESS_URL_ENV = "CONVEYOR_PROGRESS_URL"
+PROGRESS_TOKEN_FILE_ENV = "CONVEYOR_PROGRESS_TOKEN_FILE"
+
 TERMINATION_LOG = Path(os.environ.get("CONVEYOR_TERMINATION_LOG", "/dev/termination-log"))
 TERMINATION_LIMIT = 4096
 
@@ -67,8 +72,8 @@ def push(line: str, timeout: float = 1.0) -> bool:
     """POST one epoch event to the operator's progress endpoint (`CONVEYOR_PROGRESS_URL`) with the
     pod's projected token (audience conveyor.dev). Best effort: a short timeout, every error ignored,
     so training never waits on or fails because of the operator; results travel durably elsewhere."""
-    url = os.environ.get("CONVEYOR_PROGRESS_URL")
-    token_file = os.environ.get("CONVEYOR_PROGRESS_TOKEN_FILE")
+    url = os.environ.get(PROGRESS_URL_ENV)
+    token_file = os.environ.get(PROGRESS_TOKEN_FILE_ENV)
     if not url or not token_file or os.environ.get("RANK", "0") != "0":
         return False
     import urllib.request

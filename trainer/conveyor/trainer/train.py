@@ -3,27 +3,34 @@
 One process (world size 1; plain python works too)::
 
     python -m conveyor.trainer train --config config.json --data runs/digits/data --out runs/digits/model
-    torchrun --standalone --nproc-per-node 1 -m conveyor.trainer train --config ... --data ... --out ...
+    torchrun --standalone --nproc-per-node 1 --max-restarts 0 -m conveyor.trainer train --config ...
 
 N processes on one machine (one per GPU, or N CPU processes on gloo)::
 
-    torchrun --standalone --nproc-per-node 4 -m conveyor.trainer train --config ... --data ... --out ...
+    torchrun --standalone --nproc-per-node 4 --max-restarts 0 -m conveyor.trainer train --config ...
 
-Two nodes (run on each; node 0's address is the rendezvous point, `--max-restarts` resumes from the
-last checkpoint when a worker dies)::
+Two nodes, as Conveyor's workloads run them (`conveyor.operator.workloads`; static rendezvous on node
+0's address, run on each node)::
 
-    torchrun --nnodes 2 --nproc-per-node 1 --node-rank $NODE_RANK --rdzv-backend c10d \\
-        --rdzv-endpoint $NODE0_HOST:29400 --rdzv-id $JOB_ID --max-restarts 3 \\
+    torchrun --nnodes 2 --nproc-per-node 1 --node-rank $NODE_RANK --master-addr $NODE0_HOST \\
+        --master-port 29500 --max-restarts 0 \\
         -m conveyor.trainer train --config ... --data /shared/data --out /shared/model
+
+Resuming is running the same command again: after every epoch rank 0 writes `checkpoints/latest.pt`
+atomically, and a new run with the same model, optimizer, batch size, epochs, data shape and world size
+(`training_state.run_fingerprint`) picks it up and continues after its epoch; a run that had finished
+only rewrites its artifacts, and any other checkpoint is ignored (training starts fresh). Conveyor's engine
+resumes this way, by starting a next attempt of the whole workload; torchrun itself restarts nothing
+(`--max-restarts 0`), though workers it restarts under `--max-restarts N` resume the same way.
 
 The backend is NCCL when the process has a GPU and gloo otherwise. Every rank holds the prepared
 train split in memory (on the GPU when there is one) and each epoch takes a disjoint shard of a seeded
 permutation, sliced into batches — no per-sample collation. Datasets from image folders, or larger than
 `CONVEYOR_IN_MEMORY_BYTES` (default 2 GiB), go through a DataLoader with workers and pinned memory
 (`CONVEYOR_DATA_PATH=memory|loader` forces one). Rank 0 validates on the whole validation split after
-every epoch and broadcasts the early-stopping decision, so all ranks stop together. It then writes
-`checkpoints/latest.pt` atomically; a restarted run resumes from it automatically. At the end rank 0
-writes the best epoch's weights, `model.json` and `result.json` (layout in `conveyor.trainer.artifacts`).
+every epoch and broadcasts the early-stopping decision, so all ranks stop together. What a checkpoint
+holds is `conveyor.trainer.training_state.TrainingState`. At the end rank 0 writes the best epoch's
+weights, `model.json` and `result.json` (layout in `conveyor.trainer.artifacts`).
 """
 
 from __future__ import annotations
@@ -33,8 +40,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from conveyor.trainer import checkpoint, distributed, progress
+from conveyor.trainer import distributed, progress
 from conveyor.trainer.artifacts import (
     CHECKPOINT_DIR,
     LATEST_CHECKPOINT,
@@ -58,10 +64,13 @@ from conveyor.trainer.config import OptimizerSpec, ScheduleSpec, TrainerConfig
 from conveyor.trainer.data import DataError
 from conveyor.trainer.data.prepare import load_split
 from conveyor.trainer.models import build_model
+from conveyor.trainer.training_state import EarlyStopping, TrainingState, run_fingerprint
 from conveyor.trainer.validation import validate
 
 SMALL_MODEL_PARAMETERS = 2_000_000
 IN_MEMORY_BYTES = int(os.environ.get("CONVEYOR_IN_MEMORY_BYTES", str(2 << 30)))
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def train(config: TrainerConfig, data_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -80,9 +89,81 @@ def _train(
     training, task = config.training, config.task
     torch.manual_seed(training.seed + ctx.rank)
     np.random.seed(training.seed + ctx.rank)
-
-    # --- data ----------------------------------------------------------------------------------
     meta = read_metadata(data_dir)
+    batches, val_x, val_y = load_data(config, meta, data_dir, ctx)
+    model = build_model(config.model, meta).to(ctx.device)
+    set_cpu_threads(model, ctx)
+    forward = parallelize(model, training.compile, ctx)
+    dtype = precision_dtype(training.precision, ctx.device)
+    state = build_state(config, meta, model, batches.steps, dtype, ctx, started)
+    autocast, loss_fn = autocast_for(dtype, ctx.device), make_loss(meta, training.label_smoothing)
+    schedule = config.optimizer.schedule
+    step_schedule = schedule.name != "constant" or schedule.warmup_epochs > 0  # else it stays 1
+    latest = out_dir / CHECKPOINT_DIR / LATEST_CHECKPOINT
+    state.resume(latest)
+
+    while not state.finished:
+        epoch = state.epoch + 1
+        epoch_start = time.perf_counter()
+        loss_sum = train_epoch(
+            forward, state, batches.epoch(epoch), loss_fn, autocast, training.gradient_clipping, step_schedule
+        )
+        train_loss = float(distributed.mean(ctx, loss_sum / batches.steps))
+        samples_per_second = batches.samples_per_epoch * ctx.world_size / (time.perf_counter() - epoch_start)
+        stop = None  # rank 0 validates the whole split and decides; every rank follows its decision
+        if ctx.is_main:
+            metrics = validate(model, meta, val_x, val_y, loss_fn, autocast, training.batch_size)
+            metrics.update(trainLoss=train_loss, learningRate=state.optimizer.param_groups[0]["lr"])
+            stop = state.record(epoch, metrics, task.metric)
+            event = progress.epoch_event(epoch, training.epochs, metrics, samples_per_second, state.elapsed())
+            progress.emit(out_dir, event)
+        state.epoch = epoch
+        state.finished = bool(distributed.broadcast_object(ctx, stop)) or epoch >= training.epochs
+        state.save(latest)
+
+    result = final_result(state, task.metric)
+    if ctx.is_main:
+        write_artifacts(out_dir, config, meta, state, result)
+    return result
+
+
+def train_epoch(
+    forward: nn.Module,
+    state: TrainingState,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: LossFn,
+    autocast: Callable[[], Any],
+    clipping: float | None,
+    step_schedule: bool,
+) -> torch.Tensor:
+    """One pass over this rank's batches; returns the summed loss, left on the device so that the
+    steps never wait for it."""
+    model, optimizer, scheduler, scaler = state.model, state.optimizer, state.scheduler, state.scaler
+    forward.train()
+    loss_sum = torch.zeros((), device=state.ctx.device)
+    for xb, yb in batches:
+        with autocast():
+            loss = loss_fn(forward(xb), yb)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if clipping is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clipping)
+        scaler.step(optimizer)
+        scaler.update()
+        if step_schedule:
+            scheduler.step()
+        loss_sum += loss.detach()
+    return loss_sum
+
+
+# --- setup --------------------------------------------------------------------------------------
+
+
+def load_data(
+    config: TrainerConfig, meta: DatasetMetadata, data_dir: Path, ctx: distributed.Context
+) -> tuple[InMemoryBatches | LoaderBatches, torch.Tensor, torch.Tensor]:
+    """This rank's training batches, and the whole validation split on the device."""
     x_train, y_train = load_split(data_dir, "train")
     x_val, y_val = load_split(data_dir, "validation")
     if x_train.shape[0] < ctx.world_size:
@@ -90,156 +171,77 @@ def _train(
             f"the train split has {x_train.shape[0]} rows, fewer than the {ctx.world_size} processes"
         )
     batches = make_batches(config, meta, x_train, y_train, ctx)
-    val_x = torch.from_numpy(x_val).to(ctx.device)
-    val_y = torch.from_numpy(y_val).to(ctx.device)
+    return batches, torch.from_numpy(x_val).to(ctx.device), torch.from_numpy(y_val).to(ctx.device)
 
-    # --- model, optimiser, schedule, precision ---------------------------------------------------
-    model = build_model(config.model, meta).to(ctx.device)
-    set_cpu_threads(model, ctx)
-    if training.compile:
+
+def parallelize(model: nn.Module, compiled: bool, ctx: distributed.Context) -> nn.Module:
+    """What the training step calls: `model`, compiled if asked, under DDP with several processes."""
+    if compiled:
         model = torch.compile(model)  # type: ignore[assignment]
-    ddp: nn.Module = (
-        DistributedDataParallel(
-            model,
-            device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
-            gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: one copy less per step
-        )
-        if ctx.distributed
-        else model
+    if not ctx.distributed:
+        return model
+    return DistributedDataParallel(
+        model,
+        device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
+        gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: one copy less per step
     )
+
+
+def build_state(
+    config: TrainerConfig,
+    meta: DatasetMetadata,
+    model: nn.Module,
+    steps_per_epoch: int,
+    dtype: torch.dtype,
+    ctx: distributed.Context,
+    started: float,
+) -> TrainingState:
+    """A fresh run's state: `model` with its optimizer, LR schedule, grad scaler and early stopping."""
+    training = config.training
     optimizer = build_optimizer(config.optimizer, model)
-    total_steps = training.epochs * batches.steps
-    factor = schedule_factor(config.optimizer.schedule, batches.steps, total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    step_schedule = (
-        config.optimizer.schedule.name != "constant" or config.optimizer.schedule.warmup_epochs > 0
+    factor = schedule_factor(config.optimizer.schedule, steps_per_epoch, training.epochs * steps_per_epoch)
+    early = training.early_stopping
+    return TrainingState(
+        model=model,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, factor),
+        scaler=torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16),
+        stopping=EarlyStopping(
+            maximize=config.task.maximize,
+            patience=early.patience if early else None,
+            min_delta=early.min_delta if early else 0.0,
+        ),
+        fingerprint=run_fingerprint(config, meta, ctx.world_size),
+        ctx=ctx,
+        started=started,
     )
-    dtype = precision_dtype(training.precision, ctx.device)
-    autocast = (
-        (lambda: torch.autocast(ctx.device.type, dtype=dtype))
-        if dtype != torch.float32
-        else contextlib.nullcontext
-    )
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16)
-    loss_fn = make_loss(meta, training.label_smoothing)
 
-    # --- resume --------------------------------------------------------------------------------
-    stopping = EarlyStopping(
-        maximize=task.maximize,
-        patience=training.early_stopping.patience if training.early_stopping else None,
-        min_delta=training.early_stopping.min_delta if training.early_stopping else 0.0,
-    )
-    ckpt_path = out_dir / CHECKPOINT_DIR / LATEST_CHECKPOINT
-    fingerprint = run_fingerprint(config, meta, ctx.world_size)
-    start_epoch, elapsed_before, best_state, best_metrics, finished = 1, 0.0, None, {}, False
-    state = None
-    if ctx.is_main:
-        checkpoint.remove_partials(ckpt_path.parent)
-        state = checkpoint.load(ckpt_path)
-        if state is not None and state.get("fingerprint") != fingerprint:
-            progress.main_print(
-                f"checkpoint {ckpt_path} belongs to a different configuration; starting fresh"
-            )
-            state = None
-    state = distributed.broadcast_object(ctx, state)
-    if state is not None:
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        rngs = state["rng"]
-        if len(rngs) == ctx.world_size:
-            checkpoint.set_rng_state(rngs[ctx.rank])
-        stopping = EarlyStopping(**state["early_stopping"])
-        start_epoch, elapsed_before = state["epoch"] + 1, state["elapsed"]
-        best_state, best_metrics, finished = state["best_state"], state["best_metrics"], state["finished"]
-        if ctx.is_main:
-            progress.main_print(f"resumed from {ckpt_path} after epoch {state['epoch']}")
-        del state
 
-    # --- the loop ------------------------------------------------------------------------------
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, training.epochs + 1):
-        if finished:
-            break
-        ddp.train()
-        epoch_start = time.perf_counter()
-        loss_sum = torch.zeros((), device=ctx.device)
-        for xb, yb in batches.epoch(epoch):
-            with autocast():
-                loss = loss_fn(ddp(xb), yb)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if training.gradient_clipping is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), training.gradient_clipping)
-            scaler.step(optimizer)
-            scaler.update()
-            if step_schedule:
-                scheduler.step()
-            loss_sum += loss.detach()
-        train_loss = float(distributed.mean(ctx, loss_sum / batches.steps))
-        train_seconds = time.perf_counter() - epoch_start
+# --- the artifact -------------------------------------------------------------------------------
 
-        # Rank 0 validates the whole split and decides; every rank follows its decision.
-        decision = None
-        if ctx.is_main:
-            metrics = validate(unwrap(model), meta, val_x, val_y, loss_fn, autocast, training.batch_size)
-            metrics["trainLoss"] = train_loss
-            metrics["learningRate"] = optimizer.param_groups[0]["lr"]
-            improved = stopping.update(metrics.get(task.metric, math.nan), epoch)
-            if improved:
-                best_state = {
-                    k: v.detach().to("cpu", copy=True) for k, v in unwrap(model).state_dict().items()
-                }
-                best_metrics = {k: v for k, v in metrics.items() if k not in ("trainLoss", "learningRate")}
-            decision = stopping.should_stop
-            elapsed = elapsed_before + time.perf_counter() - started
-            samples = batches.samples_per_epoch * ctx.world_size
-            progress.emit(
-                out_dir,
-                progress.epoch_event(epoch, training.epochs, metrics, samples / train_seconds, elapsed),
-            )
-        rngs = distributed.gather_objects(ctx, checkpoint.rng_state())
-        finished = bool(distributed.broadcast_object(ctx, decision)) or epoch == training.epochs
-        if ctx.is_main:
-            checkpoint.save(
-                ckpt_path,
-                {
-                    "fingerprint": fingerprint,
-                    "epoch": epoch,
-                    "model": unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": rngs,
-                    "early_stopping": asdict(stopping),
-                    "best_state": best_state,
-                    "best_metrics": best_metrics,
-                    "finished": finished,
-                    "elapsed": elapsed_before + time.perf_counter() - started,
-                },
-            )
-        if finished:
-            break
 
-    # --- the artifact --------------------------------------------------------------------------
-    result = {
+def final_result(state: TrainingState, metric: str) -> dict[str, Any]:
+    """The succeeded result (`conveyor.trainer.progress`): the best epoch's metrics and objective."""
+    stopping = state.stopping
+    return {
         "status": "succeeded",
-        "epochsRun": stopping.epochs_seen(epoch),
+        "epochsRun": stopping.epochs_seen(state.epoch),
         "bestEpoch": stopping.best_epoch,
-        "objective": {"metric": task.metric, "value": stopping.best},
-        "metrics": best_metrics,
+        "objective": {"metric": metric, "value": stopping.best},
+        "metrics": state.best_metrics,
         "stoppedEarly": stopping.should_stop,
-        "durationSeconds": round(elapsed_before + time.perf_counter() - started, 3),
+        "durationSeconds": round(state.elapsed(), 3),
     }
-    if ctx.is_main:
-        torch.save(
-            best_state if best_state is not None else unwrap(model).state_dict(), out_dir / WEIGHTS_FILE
-        )
-        write_card(out_dir, ModelCard(name=out_dir.name, config=config, dataset=meta, metrics=best_metrics))
-        progress.write_result(out_dir, result)
-    return result
+
+
+def write_artifacts(
+    out_dir: Path, config: TrainerConfig, meta: DatasetMetadata, state: TrainingState, result: dict[str, Any]
+) -> None:
+    """The best epoch's weights (the last epoch's if no epoch had a metric), the card and the result."""
+    weights = state.best_weights if state.best_weights is not None else state.model.state_dict()
+    torch.save(weights, out_dir / WEIGHTS_FILE)
+    write_card(out_dir, ModelCard(name=out_dir.name, config=config, dataset=meta, metrics=state.best_metrics))
+    progress.write_result(out_dir, result)
 
 
 # --- batches ------------------------------------------------------------------------------------
@@ -420,9 +422,14 @@ def precision_dtype(precision: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def make_loss(
-    meta: DatasetMetadata, label_smoothing: float
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def autocast_for(dtype: torch.dtype, device: torch.device) -> Callable[[], Any]:
+    """A new autocast context per call (forward passes, validation); a no-op context in fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def make_loss(meta: DatasetMetadata, label_smoothing: float) -> LossFn:
     if meta.task == "classification":
         return lambda out, y: F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
     stats = meta.target_normalization
@@ -431,53 +438,7 @@ def make_loss(
     return lambda out, y: F.mse_loss(out.float().squeeze(-1) / scale, y / scale)
 
 
-# --- early stopping --------------------------------------------------------------
-
-
-@dataclass
-class EarlyStopping:
-    """Best value so far and epochs since it improved by more than `min_delta`."""
-
-    maximize: bool
-    patience: int | None
-    min_delta: float = 0.0
-    best: float | None = None
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    last_epoch: int = 0
-
-    def update(self, value: float, epoch: int) -> bool:
-        self.last_epoch = epoch
-        better = not math.isnan(value) and (
-            self.best is None
-            or (value > self.best + self.min_delta if self.maximize else value < self.best - self.min_delta)
-        )
-        if better:
-            self.best, self.best_epoch, self.bad_epochs = float(value), epoch, 0
-        else:
-            self.bad_epochs += 1
-        return better
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience is not None and self.bad_epochs >= self.patience
-
-    def epochs_seen(self, epoch: int) -> int:
-        return max(self.last_epoch, 0) or epoch
-
-
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DDP and torch.compile wrappers (what checkpoints and weights hold)."""
-    while True:
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod  # type: ignore[assignment]
-        else:
-            return model
 
 
 def set_cpu_threads(model: nn.Module, ctx: distributed.Context) -> None:
@@ -487,19 +448,6 @@ def set_cpu_threads(model: nn.Module, ctx: distributed.Context) -> None:
     small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
     if ctx.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ and small:
         torch.set_num_threads(1)
-
-
-def run_fingerprint(config: TrainerConfig, meta: DatasetMetadata, world_size: int) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the same model, data shape and optimisation setup."""
-    return {
-        "model": config.model.to_wire(),
-        "optimizer": config.optimizer.to_wire(),
-        "batchSize": config.training.batch_size,
-        "epochs": config.training.epochs,
-        "featureShape": list(meta.feature_shape),
-        "outputs": meta.output_size,
-        "worldSize": world_size,
-    }
 
 
 # --- the stage ----------------------------------------------------------------------------------

@@ -11,3 +11,5 @@ PLURAL = "trainingpipelines"
 SINGULAR = "trainingpipeline"
 SHORT_NAMES = ("tp",)
 CATEGORIES = ("conveyor", "ml")
+# The most trials one pipeline runs (spec.tuning.trials) and so keeps (status.trials).
+MAX_TRIALS = 500

@@ -21,34 +21,17 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel, JsonValue
 from pydantic_core import PydanticCustomError
 
-from conveyor.trainer.config import CLASSIFICATION_METRICS, REGRESSION_METRICS, TrainerConfig
+from conveyor.operator.workloads import RESERVED_ENV
+from conveyor.trainer.config import (
+    CLASSIFICATION_METRICS,
+    PVC_URI_PATTERN,
+    REGRESSION_METRICS,
+    TrainerConfig,
+)
 
 # Sections of the training config a trial may change. The data split, source and task are fixed for a
 # whole pipeline: every trial and the evaluation must see the same data.
 TUNABLE_SECTIONS = ("model", "optimizer", "training", "data.preprocessing", "data.augmentation")
-
-# Environment names the workload contract owns (conveyor.operator.workloads); a user must not set them.
-RESERVED_ENV = (
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "WORLD_SIZE",
-    "RANK",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "PET_NNODES",
-    "PET_NPROC_PER_NODE",
-    "PET_NODE_RANK",
-    "PET_MASTER_ADDR",
-    "PET_MASTER_PORT",
-    "PET_RDZV_BACKEND",
-    "PET_RDZV_ENDPOINT",
-    "PET_RDZV_ID",
-    "PET_RDZV_CONF",
-    "PET_MAX_RESTARTS",
-    "CONVEYOR_WORKLOAD",
-    "CONVEYOR_ATTEMPT",
-    "CONVEYOR_RUN_ROOT",
-)
 
 
 def _leaf_names(model: type[BaseModel], prefix: str) -> list[str]:
@@ -207,8 +190,20 @@ ENV_RULES = (
     Rule(
         "name",
         f"!(self.name in {_cel_list(RESERVED_ENV)})",
-        "is reserved: Conveyor sets the distributed-training environment itself",
+        "is reserved: Conveyor sets it itself (the workload's identity, torchrun's rendezvous, "
+        "data mounts)",
         lambda e: e.name not in RESERVED_ENV,
+    ),
+)
+
+STORAGE_RULES = (
+    Rule(
+        "uri",
+        f"!has(self.uri) || self.uri.matches('{PVC_URI_PATTERN}')",
+        "must be pvc://CLAIM[/PATH] (a claim name is lower case letters, digits, '-' and '.'): every stage "
+        "pod mounts the claim and reads and writes artifacts as files; object stores and local paths are "
+        "not artifact roots",
+        lambda s: s.uri is None or re.match(PVC_URI_PATTERN, s.uri) is not None,
     ),
 )
 

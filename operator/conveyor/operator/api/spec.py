@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from conveyor.operator.api import rules
+from conveyor.operator.api import MAX_TRIALS, rules
 from conveyor.trainer.config import (
     DataSpec,
     EnsembleSpec,
@@ -34,9 +34,7 @@ Algorithm = Literal["random", "grid", "tpe", "cmaes"]
 Pruner = Literal["none", "median", "asha", "hyperband"]
 ParameterType = Literal["float", "int", "categorical"]
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
-CleanPodPolicy = Literal["None", "Running", "All"]
 
-MAX_TRIALS = 500
 MAX_PARAMETERS = 32
 MAX_VALUES = 64
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
@@ -147,12 +145,20 @@ class TuningSpec(Spec):
 
 
 class StorageSpec(Spec):
+    model_config = ConfigDict(json_schema_extra=rules.schema_extra(rules.STORAGE_RULES))
+
     uri: str | None = Field(
         default=None,
         max_length=1024,
-        description="Artifact root: pvc://CLAIM[/PATH], s3://, gs:// or a local path. "
-        "Kubernetes needs one; `conveyor run` defaults to ./runs/<name>.",
+        description="Artifact root on Kubernetes: pvc://CLAIM[/PATH], a claim every stage pod mounts "
+        "(ReadWriteMany when pods run on several nodes at once: workers > 1, tuning.parallelism > 1); "
+        "the pipeline writes under PATH/<name>. Without it each pod gets its own emptyDir, which only "
+        "simulations can use. `conveyor run` ignores it and writes to ./runs/<name> (or --root).",
     )
+
+    @model_validator(mode="after")
+    def _rules(self) -> StorageSpec:
+        return rules.enforce(self, rules.STORAGE_RULES)
 
 
 class EnvVar(Spec):
@@ -225,7 +231,8 @@ class TrainingPipelineSpec(Spec):
     env: list[EnvVar] | None = Field(
         default=None,
         max_length=64,
-        description="Extra environment of workload containers (reserved names refused).",
+        description="Extra environment of the prepare, training, evaluation and ensemble containers "
+        "(not serving); the names Conveyor sets itself are refused.",
     )
     suspend: bool = Field(
         default=False,
@@ -248,9 +255,6 @@ class TrainingPipelineSpec(Spec):
         le=100,
         description="Retries of a failed prepare/train/evaluate/ensemble workload "
         "(each resumes from its checkpoint); failed trials count against tuning.maxFailedTrials instead.",
-    )
-    clean_pod_policy: CleanPodPolicy = Field(
-        default="Running", description="Pods deleted when a workload ends: None, Running (stragglers) or All."
     )
     managed_by: str | None = Field(
         default=None,

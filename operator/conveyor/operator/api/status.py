@@ -20,6 +20,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from conveyor.operator.api import MAX_TRIALS
+
 Phase = Literal[
     "Pending",
     "Preparing",
@@ -50,7 +52,6 @@ STAGE_CONDITIONS: dict[StageName, str] = {
     "serve": "Serving",
 }
 CONDITION_TYPES = (*STAGE_CONDITIONS.values(), "GatePassed", "Ready", "Succeeded", "Failed", "Suspended")
-MAX_TRIALS = 500
 
 
 def rfc3339(moment: datetime) -> str:
@@ -61,9 +62,12 @@ def rfc3339(moment: datetime) -> str:
 
 
 def parse_time(text: str | None) -> datetime | None:
+    """A Kubernetes or `rfc3339` timestamp (fractions and offsets allowed) as an aware datetime; a
+    timestamp without a zone is UTC, as `rfc3339` writes them."""
     if not text:
         return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class Status(BaseModel):
@@ -194,9 +198,9 @@ class EnsembleStatus(Status):
 
 
 class ArtifactsStatus(Status):
-    """Paths relative to `root` (the storage URI, or ./runs/<name> locally)."""
+    """Paths relative to the run root: <storage.uri>/<pipeline name> on Kubernetes, ./runs/<name> locally."""
 
-    root: str | None = None
+    root: str | None = Field(default=None, description="spec.storage.uri, as given.")
     data: str | None = None
     model: str | None = None
     ensemble: str | None = None

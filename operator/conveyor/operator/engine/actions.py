@@ -1,4 +1,5 @@
-"""What the engine asks an executor to do. Executors carry actions out and never decide anything.
+"""What the engine asks an executor to do. Executors carry actions out and never decide anything;
+`conveyor.operator.executors.protocol.carry_out` maps each action onto the `Executor` interface.
 
 - `StartWorkload(workload)`: run it. Idempotent per `workload.key` (name + attempt): a start for a
   key that already exists is a no-op (the engine may repeat one if its status write was lost).

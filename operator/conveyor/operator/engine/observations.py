@@ -1,17 +1,26 @@
-"""What executors observe and feed back to the engine, in executor-independent terms.
+"""What executors observe and feed back to the engine: facts, in executor-independent terms. Every
+judgement of them is the engine's (`absorb`), so local and Kubernetes runs decide alike.
 
-Per workload name (the current attempt): its state, the epoch events seen so far (from progress.jsonl
-locally, from the artifact store on Kubernetes), the final result (result.json or the container's
-termination message, which survives operator downtime), a reason/message for failures (e.g.
-OOMKilled, ImagePullBackOff, RendezvousTimeout) and start/finish times.
+The driver asks an executor about the workloads status says should exist, by (name, attempt)
+(`conveyor.operator.engine.active_workloads`), and the executor reports per name:
 
-States: pending (created, not running yet), running, succeeded, failed, and lost: the executor knows
-the workload should exist (status says so, see `conveyor.operator.engine.active_workloads`) but it
-is gone without a result, e.g. local processes after a Ctrl-C or a Job deleted by hand. The engine
-starts a lost workload again as its next attempt (from its checkpoint), without counting a failure.
-A workload missing from the observations is simply not known yet: the engine waits.
+- `state` as seen: pending (created, not running yet), running, succeeded (every process exited 0;
+  the Job is Complete), failed (a process exited non-zero; the Job Failed), or lost (the executor
+  cannot find it: local processes after a Ctrl-C, a Job deleted by hand).
+- `result`: the trainer's final result whenever this attempt left one (result.json locally, the
+  container's termination message on Kubernetes, which survives operator downtime), also while other
+  ranks still run.
+- `epochs`: the epoch events seen so far (progress.jsonl locally, the progress endpoint on Kubernetes).
+- `reason`/`message` for a failure or a start that is stuck, from what it sees: exit code 2 is
+  InvalidInput (`INVALID_INPUT`), OOMKilled, ImagePullBackOff, ...; and start/finish times.
 
-An observation for another attempt than the one recorded in status is stale and ignored.
+What that means is decided in `absorb`: a result is the verdict; a workload that succeeded without a
+result failed (NoResult); a lost one without a result starts again as its next attempt, without
+counting a failure. A workload missing from the observations is not known yet: the engine waits. An
+observation of another attempt than the one recorded in status is stale and ignored.
+
+Serving: whether the executor serves `model` and it is ready; not ready and no model means nothing is
+served, and the engine starts serving again.
 """
 
 from __future__ import annotations
@@ -22,6 +31,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 ObservedState = Literal["pending", "running", "succeeded", "failed", "lost"]
+# The reason executors report for the trainer's exit status EXIT_INVALID_INPUT (invalid config or
+# data); a permanent failure (`conveyor.operator.workloads.PERMANENT_REASONS`): never retried.
+INVALID_INPUT = "InvalidInput"
 
 
 @dataclass(frozen=True)

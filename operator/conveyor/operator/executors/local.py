@@ -6,8 +6,12 @@ of rank 0's DNS name. A distributed job is `workers` torchrun agents (one per wo
 `processesPerWorker` processes each. Every process gets its own session, so stopping a workload (a
 pruned trial, Ctrl-C) takes its whole process tree down.
 
-What the executor observes it reads from the artifacts the workloads write (`progress.jsonl`,
-`result.json`) and from exit codes: nothing is parsed from logs. Logs go to `<root>/logs/` for people.
+It implements `protocol.Executor` and reports facts only (`conveyor.operator.engine.observations`):
+the processes' state from their exit codes (failed as soon as one exits non-zero; exit code 2 is
+InvalidInput), and the epochs and the result the workload wrote (`progress.jsonl`, `result.json` in
+`artifacts.workload_dir(name)`), the result whenever it exists. A workload this process did not start
+(a previous `conveyor run` was interrupted) is `lost`, with its result if this attempt left one.
+Nothing is parsed from logs except a failure's last lines for its message; logs go to `<root>/logs/`.
 """
 
 from __future__ import annotations
@@ -24,17 +28,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from conveyor.operator.engine.actions import (
-    Action,
-    Emit,
-    StartServing,
-    StartWorkload,
-    StopServing,
-    StopWorkload,
-)
 from conveyor.operator.engine.observations import (
+    INVALID_INPUT,
     Observations,
     ObservedState,
     ServingObservation,
@@ -42,7 +39,8 @@ from conveyor.operator.engine.observations import (
 )
 from conveyor.operator.workloads import EXIT_INVALID_INPUT, Workload, command_argv, serve_argv
 from conveyor.trainer import progress
-from conveyor.trainer.artifacts import RESULT_FILE
+from conveyor.trainer.artifacts import RESULT_FILE, workload_dir
+from conveyor.trainer.config import ServingSpec
 
 STOP_GRACE_SECONDS = 5.0
 LOG_TAIL_BYTES = 2000
@@ -102,16 +100,22 @@ class LocalJob:
         return "running"
 
 
-def failure_of(job: LocalJob, result: dict[str, Any] | None) -> tuple[str, str]:
-    """Why a job failed: the trainer's own verdict when it wrote one, else what its exit codes say."""
-    if result is not None and result.get("reason"):
-        return str(result["reason"]), str(result.get("message") or "")
+def exit_failure(job: LocalJob) -> tuple[str, str]:
+    """(reason, message) of a job whose processes failed, from their exit codes and log."""
     codes = job.exit_codes()
     tail = log_tail(job.log)
     if EXIT_INVALID_INPUT in codes:
         last = [line for line in tail.splitlines() if line.strip()]
-        return "InvalidInput", last[-1] if last else "invalid config or data"
+        return INVALID_INPUT, last[-1] if last else "invalid config or data"
     return "ProcessFailed", f"exit codes {codes}; last log lines:\n{tail}"
+
+
+def attempt_result(out: Path, attempt: int) -> dict[str, Any] | None:
+    """The result in `out` if attempt `attempt` wrote it (results record their attempt)."""
+    result = progress.read_result(out)
+    if result is None or result.get("attempt", attempt) != attempt:
+        return None
+    return result
 
 
 @dataclass
@@ -125,7 +129,7 @@ class LocalServer:
 
 @dataclass
 class LocalExecutor:
-    """Carries out engine actions with subprocesses rooted at `root` (./runs/<name>)."""
+    """Runs one pipeline's workloads and serving as subprocesses rooted at `root` (./runs/<name>)."""
 
     root: Path
     python: str = sys.executable
@@ -140,20 +144,7 @@ class LocalExecutor:
     def log_dir(self) -> Path:
         return self.root / "logs"
 
-    # --- actions ---------------------------------------------------------------------------------
-
-    def apply(self, actions: Iterable[Action]) -> None:
-        for action in actions:
-            if isinstance(action, StartWorkload):
-                self.start(action.workload)
-            elif isinstance(action, StopWorkload):
-                self.stop(action.name, action.attempt)
-            elif isinstance(action, StartServing):
-                self.start_serving(action)
-            elif isinstance(action, StopServing):
-                self.stop_serving()
-            elif isinstance(action, Emit):
-                self.messages.append(f"{action.reason}: {action.message}")
+    # --- actions (protocol.Executor) --------------------------------------------------------------
 
     def start(self, workload: Workload) -> None:
         current = self.jobs.get(workload.name)
@@ -192,8 +183,8 @@ class LocalExecutor:
         stop_processes(job.processes)
         job.stopped = True
 
-    def start_serving(self, action: StartServing) -> None:
-        if self.server is not None and self.server.model == action.model:
+    def start_serving(self, model: str, serving: ServingSpec) -> None:
+        if self.server is not None and self.server.model == model:
             return
         self.stop_serving()
         port = self.serving_port or free_port()
@@ -203,7 +194,7 @@ class LocalExecutor:
             self.python,
             "-m",
             "conveyor.trainer",
-            *serve_argv(action.model, action.serving, str(self.root), port, self.model_name),
+            *serve_argv(model, serving, str(self.root), port, self.model_name),
         ]
         argv += ["--host", self.serving_host]
         with log.open("ab") as sink:
@@ -215,12 +206,18 @@ class LocalExecutor:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        self.server = LocalServer(action.model, process, f"http://{self.serving_host}:{port}", log)
+        self.server = LocalServer(model, process, f"http://{self.serving_host}:{port}", log)
 
     def stop_serving(self) -> None:
         if self.server is not None:
             stop_processes([self.server.process])
             self.server = None
+
+    def emit(self, type: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.messages.append(f"{reason}: {message}")
+
+    def delete_pipeline(self) -> None:
+        """Nothing to delete: the run directory stays for people to read."""
 
     def shutdown(self) -> None:
         """Stop every child process (Ctrl-C, or the end of a run)."""
@@ -229,41 +226,28 @@ class LocalExecutor:
 
     # --- observations ----------------------------------------------------------------------------
 
-    def observe(self, workloads: Iterable[Workload]) -> Observations:
-        """What happened to each workload the engine considers started, plus serving."""
-        seen = {w.name: self.observe_workload(w) for w in workloads}
-        return Observations(workloads=seen, serving=self.observe_serving())
+    def observe(self, workloads: Iterable[tuple[str, int]], serving: bool) -> Observations:
+        """What became of each workload (name, attempt), plus serving if asked."""
+        seen = {name: self.observe_workload(name, attempt) for name, attempt in workloads}
+        return Observations(workloads=seen, serving=self.observe_serving() if serving else None)
 
-    def observe_workload(self, workload: Workload) -> WorkloadObservation:
-        out = self.root / workload.out
+    def observe_workload(self, name: str, attempt: int) -> WorkloadObservation:
+        out = self.root / workload_dir(name)
         events = progress.read_events(out)
-        result = progress.read_result(out)
-        job = self.jobs.get(workload.name)
-        if job is None or job.workload.attempt != workload.attempt:
-            # Not started by this process (a previous `conveyor run` was interrupted): a result on
-            # disk means it finished; otherwise it is lost and the engine starts it again.
-            if result is not None and result.get("attempt", workload.attempt) == workload.attempt:
-                finished: ObservedState = "succeeded" if result.get("status") == "succeeded" else "failed"
-                return WorkloadObservation.from_events(
-                    finished,
-                    events,
-                    attempt=workload.attempt,
-                    result=result,
-                    reason=result.get("reason"),
-                    message=result.get("message"),
-                )
-            return WorkloadObservation(state="lost", attempt=workload.attempt)
+        result = attempt_result(out, attempt)
+        job = self.jobs.get(name)
+        if job is None or job.workload.attempt != attempt:
+            # Not started by this process (a previous `conveyor run` was interrupted).
+            return WorkloadObservation.from_events("lost", events, attempt=attempt, result=result)
         state = job.state()
         if state != "running" and job.finished_at is None:
             job.finished_at = datetime.now(UTC)
-        reason = message = None
-        if state == "failed":
-            reason, message = failure_of(job, result)
+        reason, message = exit_failure(job) if state == "failed" else (None, None)
         return WorkloadObservation.from_events(
             state,
             events,
-            attempt=workload.attempt,
-            result=result if state != "running" else None,
+            attempt=attempt,
+            result=result,
             reason=reason,
             message=message,
             started_at=job.started_at,

@@ -17,18 +17,23 @@ What a pipeline's children look like, and why:
   the engine restarts the whole gang as its next attempt from the checkpoint (one torchrun node
   restarted alone hangs the others). The pod failure policy separates what is not the workload's
   fault (a `DisruptionTarget` condition: preemption, eviction, node drain -> Ignore, the pod is simply
-  recreated) from what retrying cannot fix (exit code 2, the trainer's "invalid config or data" ->
-  FailJob at once, reason PodFailurePolicy). Exit 137/143 without a disruption counts as a failure.
+  recreated) from what retrying cannot fix (`EXIT_INVALID_INPUT`, the trainer's "invalid config or
+  data" -> FailJob at once, reason PodFailurePolicy). Exit 137/143 without a disruption counts as a
+  failure.
 - Jobs get no TTL: their pods carry the durable result (the termination message, policy File, no log
   fallback) until the operator has read it, even if it was down when they finished. They go with the
   pipeline through owner references.
 - Pods pass the PodSecurity `restricted` profile, mount no service-account token (workloads get no
   Kubernetes API access) and, when the operator runs a progress endpoint, get a projected token for the
   audience `conveyor.dev` only, which the API server itself does not accept.
-- Artifacts: `pvc://CLAIM[/PATH]` is mounted at /artifacts (subPath PATH) in every stage pod; an object
-  store URI (s3://, gs://, ...) is passed as the root with credentials from the optional Secret
-  `conveyor-storage` as environment; no URI means a per-pod emptyDir (only useful for simulations).
-  Each pipeline's run root is `<root>/<pipeline name>`, so pipelines may share one claim.
+- Artifacts: `storage.uri` `pvc://CLAIM[/PATH]` is mounted at /artifacts (subPath PATH) in every stage
+  pod; no URI means a per-pod emptyDir (only useful for simulations). Each pipeline's run root is
+  `/artifacts/<pipeline name>`, so pipelines may share one claim.
+- Data: the prepare pod is the one pod that reads `data.source` (every later stage reads the prepared
+  split from the run root). A `pvc://CLAIM/PATH` source is mounted there read-only at
+  `$CONVEYOR_PVC_ROOT/CLAIM`, and `data.credentialsSecret` becomes its environment (`envFrom`; the
+  explicit environment wins over the Secret's keys). A missing Secret keeps the pod from starting
+  (CreateContainerConfigError), which the executor reports.
 """
 
 from __future__ import annotations
@@ -43,12 +48,14 @@ from conveyor.operator.api import API_VERSION, KIND
 from conveyor.operator.api.spec import TrainingPipelineSpec
 from conveyor.operator.workloads import (
     DEFAULT_MASTER_PORT,
+    EXIT_INVALID_INPUT,
     TRAINER_MODULE,
     Workload,
     command_argv,
     serve_argv,
 )
-from conveyor.trainer.config import ServingSpec
+from conveyor.trainer.config import DEFAULT_PVC_ROOT, PVC_ROOT_ENV, PVC_SCHEME, ServingSpec, split_pvc
+from conveyor.trainer.progress import PROGRESS_TOKEN_FILE_ENV, PROGRESS_URL_ENV
 
 FIELD_MANAGER = "conveyor-operator"
 CONTAINER = "trainer"
@@ -57,10 +64,8 @@ ARTIFACTS_MOUNT = "/artifacts"
 TOKEN_DIR = "/var/run/secrets/conveyor.dev"
 TOKEN_AUDIENCE = "conveyor.dev"
 TOKEN_SECONDS = 3600
-STORAGE_SECRET = "conveyor-storage"
 DEFAULT_IMAGE = "ghcr.io/conveyor-dev/conveyor-trainer:latest"
 RUN_AS = 10001
-EXIT_INVALID = 2  # the trainer's exit code for an invalid config or dataset: retrying cannot help
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 LABEL_PIPELINE = "conveyor.dev/pipeline"
@@ -113,10 +118,11 @@ def label_value(value: str) -> str:
     return text.strip("-._")
 
 
-def job_name(pipeline: str, workload: Workload) -> str:
-    """`<pipeline>-<workload>-<attempt>`; 52 characters at most, so that Indexed Job pod hostnames
+def job_name(pipeline: str, name: str, attempt: int) -> str:
+    """The Job (and headless Service) of attempt `attempt` of workload `name`:
+    `<pipeline>-<workload>-<attempt>`; 52 characters at most, so that Indexed Job pod hostnames
     (`<job>-<index>`) and the pods' generated names stay within 63."""
-    return dns_name(pipeline, workload.key, limit=52)
+    return dns_name(pipeline, f"{name}-{attempt}", limit=52)
 
 
 def serving_name(pipeline: str) -> str:
@@ -168,29 +174,51 @@ def metadata(owner: Owner, name: str, object_labels: Mapping[str, str]) -> dict[
 
 
 @dataclass(frozen=True)
+class Pieces:
+    """What one concern adds to a pod: environment, Secrets as environment, volumes and their mounts."""
+
+    env: tuple[dict[str, Any], ...] = ()
+    env_from: tuple[dict[str, Any], ...] = ()
+    volumes: tuple[dict[str, Any], ...] = ()
+    mounts: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class Storage:
     root: str  # the run root as the container sees it
     volumes: tuple[dict[str, Any], ...]
     mounts: tuple[dict[str, Any], ...]
-    env: tuple[dict[str, Any], ...] = ()
-    env_from: tuple[dict[str, Any], ...] = ()
 
 
 def storage(owner: Owner) -> Storage:
     uri = owner.spec.storage.uri
-    if uri and uri.startswith("pvc://"):
-        claim, _, path = uri.removeprefix("pvc://").partition("/")
-        mount: dict[str, Any] = {"name": "artifacts", "mountPath": ARTIFACTS_MOUNT}
-        if path.strip("/"):
-            mount["subPath"] = path.strip("/")
-        volume = {"name": "artifacts", "persistentVolumeClaim": {"claimName": claim}}
-        return Storage(f"{ARTIFACTS_MOUNT}/{owner.name}", (volume,), (mount,))
-    if uri and "://" in uri and not uri.startswith("file://"):
-        secret = {"secretRef": {"name": STORAGE_SECRET, "optional": True}}
-        return Storage(f"{uri.rstrip('/')}/{owner.name}", (), (), env_from=(secret,))
-    volume = {"name": "artifacts", "emptyDir": {}}
-    mount = {"name": "artifacts", "mountPath": ARTIFACTS_MOUNT}
+    mount: dict[str, Any] = {"name": "artifacts", "mountPath": ARTIFACTS_MOUNT}
+    if uri:  # pvc://CLAIM[/PATH], the only form the spec accepts
+        claim, path = split_pvc(uri)
+        if path:
+            mount["subPath"] = path
+        volume: dict[str, Any] = {"name": "artifacts", "persistentVolumeClaim": {"claimName": claim}}
+    else:
+        volume = {"name": "artifacts", "emptyDir": {}}
     return Storage(f"{ARTIFACTS_MOUNT}/{owner.name}", (volume,), (mount,))
+
+
+def data_source(owner: Owner, workload: Workload) -> Pieces:
+    """What the pod that reads `data.source` (prepare; later stages read the prepared split) needs: a
+    pvc:// source's claim mounted read-only where the trainer looks for it, and the credentials Secret."""
+    if workload.command != "prepare":
+        return Pieces()
+    data = owner.spec.data
+    env_from: tuple[dict[str, Any], ...] = ()
+    if data.credentials_secret:
+        env_from = ({"secretRef": {"name": data.credentials_secret}},)
+    if not data.source.startswith(PVC_SCHEME):
+        return Pieces(env_from=env_from)
+    claim, _ = split_pvc(data.source)
+    volume = {"name": "data-source", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+    mount = {"name": "data-source", "mountPath": f"{DEFAULT_PVC_ROOT}/{claim}", "readOnly": True}
+    env = ({"name": PVC_ROOT_ENV, "value": DEFAULT_PVC_ROOT},)
+    return Pieces(env, env_from, (volume,), (mount,))
 
 
 def container_security_context() -> dict[str, Any]:
@@ -226,17 +254,14 @@ def env_list(values: Mapping[str, str]) -> list[dict[str, Any]]:
     return [{"name": k, "value": v} for k, v in values.items()]
 
 
-Pieces = tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]
-
-
 def progress_pieces(settings: Settings) -> Pieces:
-    """(env, volumes, mounts) for pushing progress to the operator with an audience-bound token."""
+    """Pushing progress to the operator with an audience-bound token."""
     if not settings.progress_url:
-        return [], [], []
-    env = [
-        {"name": "CONVEYOR_PROGRESS_URL", "value": settings.progress_url},
-        {"name": "CONVEYOR_PROGRESS_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"},
-    ]
+        return Pieces()
+    env = (
+        {"name": PROGRESS_URL_ENV, "value": settings.progress_url},
+        {"name": PROGRESS_TOKEN_FILE_ENV, "value": f"{TOKEN_DIR}/token"},
+    )
     volume = {
         "name": "conveyor-token",
         "projected": {
@@ -252,7 +277,7 @@ def progress_pieces(settings: Settings) -> Pieces:
         },
     }
     mount = {"name": "conveyor-token", "mountPath": TOKEN_DIR, "readOnly": True}
-    return env, [volume], [mount]
+    return Pieces(env, (), (volume,), (mount,))
 
 
 def pod_spec(
@@ -260,11 +285,13 @@ def pod_spec(
     settings: Settings,
     container: dict[str, Any],
     restart_policy: str,
+    extra: Pieces = Pieces(),
 ) -> dict[str, Any]:
-    """A pod spec around `container`: storage, progress token, security and scheduling pass-through."""
+    """A pod spec around `container`: storage, progress token, `extra` (e.g. the data source), security
+    and scheduling pass-through."""
     sched = owner.spec.scheduling
     store = storage(owner)
-    progress_env, progress_volumes, progress_mounts = progress_pieces(settings)
+    progress = progress_pieces(settings)
     container = {
         **container,
         "image": sched.image or settings.image,
@@ -273,24 +300,25 @@ def pod_spec(
         "terminationMessagePolicy": "File",
         "volumeMounts": [
             *store.mounts,
-            *progress_mounts,
+            *progress.mounts,
+            *extra.mounts,
             {"name": "tmp", "mountPath": "/tmp"},
             *container.get("volumeMounts", []),
         ],
-        "env": [*container.get("env", []), *store.env, *progress_env],
+        "env": [*container.get("env", []), *progress.env, *extra.env],
     }
     pull = sched.image_pull_policy or settings.image_pull_policy
     if pull:
         container["imagePullPolicy"] = pull
-    if store.env_from:
-        container["envFrom"] = list(store.env_from)
+    if extra.env_from:
+        container["envFrom"] = list(extra.env_from)
     spec: dict[str, Any] = {
         "restartPolicy": restart_policy,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
         "containers": [container],
-        "volumes": [*store.volumes, *progress_volumes, {"name": "tmp", "emptyDir": {}}],
+        "volumes": [*store.volumes, *progress.volumes, *extra.volumes, {"name": "tmp", "emptyDir": {}}],
     }
     optional = {
         "serviceAccountName": sched.service_account_name,
@@ -320,7 +348,11 @@ def pod_failure_policy() -> dict[str, Any]:
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             {
                 "action": "FailJob",
-                "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID]},
+                "onExitCodes": {
+                    "containerName": CONTAINER,
+                    "operator": "In",
+                    "values": [EXIT_INVALID_INPUT],
+                },
             },
         ]
     }
@@ -328,7 +360,7 @@ def pod_failure_policy() -> dict[str, Any]:
 
 def master_address(owner: Owner, workload: Workload) -> str:
     """Rank 0's stable DNS name: pod hostname `<job>-0` under the headless Service `<job>`."""
-    name = job_name(owner.name, workload)
+    name = job_name(owner.name, workload.name, workload.attempt)
     return f"{name}-0.{name}"
 
 
@@ -365,9 +397,10 @@ def trainer_container(owner: Owner, settings: Settings, workload: Workload) -> d
 
 def workload_job(owner: Owner, settings: Settings, workload: Workload) -> dict[str, Any]:
     """The Job of one workload attempt (Indexed, with a subdomain, when distributed)."""
-    name = job_name(owner.name, workload)
+    name = job_name(owner.name, workload.name, workload.attempt)
     object_labels = labels(owner, workload.stage, workload.name, workload.attempt)
-    pod = pod_spec(owner, settings, trainer_container(owner, settings, workload), "Never")
+    container = trainer_container(owner, settings, workload)
+    pod = pod_spec(owner, settings, container, "Never", data_source(owner, workload))
     workers = workload.workers if workload.distributed else 1
     job_spec: dict[str, Any] = {
         "completions": workers,
@@ -395,7 +428,7 @@ def workload_job(owner: Owner, settings: Settings, workload: Workload) -> dict[s
 
 
 def headless_service(owner: Owner, workload: Workload) -> dict[str, Any]:
-    name = job_name(owner.name, workload)
+    name = job_name(owner.name, workload.name, workload.attempt)
     return {
         "apiVersion": "v1",
         "kind": "Service",

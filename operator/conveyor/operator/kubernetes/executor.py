@@ -1,16 +1,24 @@
 """The Kubernetes executor: the engine's actions applied to the cluster, and what the cluster shows
 turned back into observations. Thin I/O only; every object comes from `builders`.
 
+`KubernetesExecutor` holds what is operator-wide (the API, settings, the progress store);
+`for_pipeline(owner, body)` binds it to one pipeline as a `PipelineExecutor`, which implements
+`conveyor.operator.executors.protocol.Executor` for that reconcile step.
+
 - Apply: server-side apply under the single field manager `conveyor-operator` (force), so a repeated
   StartWorkload for the same (name, attempt) is a no-op on the server and a restarted operator never
-  creates a second Job for one attempt: the name is the key.
-- Observe: one list of Jobs and one list of Pods per pipeline (by the `conveyor.dev/pipeline` label).
-  A workload's final result is the JSON the trainer wrote to its termination message (File policy, no
-  log fallback), preferring completion index 0; it survives an operator that was down when the pod
-  finished, because Jobs carry no TTL and stay until the pipeline goes. Failure reasons come from the
-  Job's Failed condition and the pods (OOMKilled, ImagePullBackOff, exit codes). Live per-epoch
-  progress comes from the progress endpoint (`statusserver.ProgressStore`), never from logs.
-- A workload status lists as active but whose Job is gone is `lost`: the engine starts its next attempt.
+  creates a second Job for one attempt: the name is the key (`builders.job_name(pipeline, name, attempt)`).
+- Observe: one list of Jobs and one list of Pods per pipeline (by the `conveyor.dev/pipeline` label),
+  reported as facts only (`conveyor.operator.engine.observations`): the Job's state (Complete is
+  succeeded, Failed is failed, no Job is lost), the trainer's result whenever a pod has one (also
+  while other pods still run), and failure reasons from the Job's Failed condition and the pods
+  (exit code 2 or PodFailurePolicy: InvalidInput; OOMKilled, ImagePullBackOff, other exit codes).
+  What a Complete Job without a result means is the engine's decision (NoResult), as locally.
+  The result is the JSON the trainer wrote to its termination message (File policy, no log
+  fallback), preferring completion index 0; it survives an operator that was down when the pod
+  finished, because Jobs carry no TTL and stay until the pipeline goes. Live per-epoch progress
+  comes from the progress endpoint (`statusserver.ProgressStore`), never from logs.
+- Serving: the Deployment's readiness; no Deployment means nothing is served.
 - Stop: delete the Job (propagationPolicy Background) and its headless Service.
 """
 
@@ -21,29 +29,22 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from conveyor.operator.api import GROUP, PLURAL, VERSION
 from conveyor.operator.api.spec import TrainingPipelineSpec
-from conveyor.operator.api.status import PipelineStatus
-from conveyor.operator.engine import active_workloads, workload_for
-from conveyor.operator.engine.actions import (
-    Action,
-    DeletePipeline,
-    Emit,
-    StartServing,
-    StartWorkload,
-    StopServing,
-    StopWorkload,
-)
+from conveyor.operator.api.status import parse_time
 from conveyor.operator.engine.observations import (
+    INVALID_INPUT,
     EpochReport,
     Observations,
+    ObservedState,
     ServingObservation,
     WorkloadObservation,
 )
 from conveyor.operator.kubernetes import builders
-from conveyor.operator.workloads import Workload
+from conveyor.operator.workloads import EXIT_INVALID_INPUT, Workload
+from conveyor.trainer.config import ServingSpec
 
 log = logging.getLogger("conveyor.operator.kubernetes")
 
@@ -135,12 +136,6 @@ class Api:
         return items
 
 
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-
-
 def termination_result(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     """The trainer's result from the pod's termination message, if it wrote one."""
     for status in (pod.get("status") or {}).get("containerStatuses") or []:
@@ -171,7 +166,7 @@ def pod_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
         if code not in (None, 0):
             reason = terminated.get("reason") or "Error"
             if reason == "Error":
-                reason = "ExitCode"
+                reason = INVALID_INPUT if code == EXIT_INVALID_INPUT else "ExitCode"
             message = terminated.get("message") or ""
             if message.startswith("{"):
                 message = ""
@@ -203,7 +198,8 @@ def observe_job(
     attempt: int,
     epochs: tuple[EpochReport, ...] = (),
 ) -> WorkloadObservation:
-    """One workload attempt's observation from its Job and pods (pure: tested without a cluster)."""
+    """One workload attempt's observation from its Job and pods, facts only (pure: tested without a
+    cluster)."""
     if job is None:
         return WorkloadObservation(state="lost", attempt=attempt, epochs=epochs)
     status = job.get("status") or {}
@@ -219,8 +215,8 @@ def observe_job(
     common: dict[str, Any] = {"attempt": attempt, "epochs": epochs, "started_at": started}
     if failed is not None:
         reason, message = problems[0] if problems else (failed.get("reason"), failed.get("message"))
-        if failed.get("reason") == "PodFailurePolicy":
-            reason = reason or "InvalidInput"
+        if failed.get("reason") == "PodFailurePolicy":  # its one FailJob rule: exit code 2
+            reason = INVALID_INPUT
         finished = parse_time(failed.get("lastTransitionTime"))
         return WorkloadObservation(
             state="failed",
@@ -232,27 +228,41 @@ def observe_job(
         )
     if complete is not None:
         finished = parse_time(status.get("completionTime") or complete.get("lastTransitionTime"))
-        if result is None:
-            return WorkloadObservation(
-                state="failed",
-                reason="NoResult",
-                message="the Job completed but no pod left a result in its termination message",
-                finished_at=finished,
-                **common,
-            )
         return WorkloadObservation(state="succeeded", result=result, finished_at=finished, **common)
     running = any((p.get("status") or {}).get("phase") == "Running" for p in pods)
-    if result is not None:  # rank 0 finished; the others are still exiting
-        return WorkloadObservation(state="running", result=result, **common)
-    if problems and not running:
+    if problems and not running and result is None:
         reason, message = problems[0]
         return WorkloadObservation(state="pending", reason=reason, message=message, **common)
-    return WorkloadObservation(state="running" if running else "pending", **common)
+    # A result while pods still run: rank 0 finished and the others are exiting.
+    state: ObservedState = "running" if running or result is not None else "pending"
+    return WorkloadObservation(state=state, result=result, **common)
 
 
-def observe_deployment(deployment: Mapping[str, Any] | None, url: str) -> ServingObservation | None:
+def observe_jobs(
+    pipeline: str,
+    workloads: Iterable[tuple[str, int]],
+    jobs: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+    epochs: Callable[[str, int], tuple[EpochReport, ...]] = lambda name, attempt: (),
+) -> dict[str, WorkloadObservation]:
+    """Each workload (name, attempt) observed from a pipeline's Jobs and Pods as the API lists them
+    (pure); `epochs` gives the progress reported for one attempt."""
+    by_name = {job["metadata"]["name"]: job for job in jobs}
+    pods_of: dict[str, list[dict[str, Any]]] = {}
+    for pod in pods:
+        owner = ((pod.get("metadata") or {}).get("labels") or {}).get("job-name")
+        if owner:
+            pods_of.setdefault(owner, []).append(dict(pod))
+    seen = {}
+    for name, attempt in workloads:
+        job = builders.job_name(pipeline, name, attempt)
+        seen[name] = observe_job(by_name.get(job), pods_of.get(job, []), attempt, epochs(name, attempt))
+    return seen
+
+
+def observe_deployment(deployment: Mapping[str, Any] | None, url: str) -> ServingObservation:
     if deployment is None:
-        return None
+        return ServingObservation(ready=False)  # nothing served
     spec = deployment.get("spec") or {}
     status = deployment.get("status") or {}
     annotations = (((spec.get("template") or {}).get("metadata") or {}).get("annotations")) or {}
@@ -279,74 +289,86 @@ def _no_progress(namespace: str, pipeline: str, workload: str, attempt: int) -> 
 
 @dataclass
 class KubernetesExecutor:
-    """Applies one pipeline's actions and observes its children."""
+    """What every pipeline's executor shares: the API, the operator's settings, the progress store."""
 
     api: Api
     settings: builders.Settings = field(default_factory=builders.Settings)
     progress: ProgressLookup = _no_progress
 
-    def observe(
-        self, owner: builders.Owner, status: PipelineStatus | None
-    ) -> tuple[Observations, list[Workload]]:
-        active = active_workloads(status)
-        selector = f"{builders.LABEL_PIPELINE}={builders.label_value(owner.name)}"
-        jobs: dict[str, dict[str, Any]] = {}
-        pods: dict[str, list[dict[str, Any]]] = {}
-        if active:
-            for job in self.api.list("Job", owner.namespace, selector):
-                jobs[job["metadata"]["name"]] = job
-            for pod in self.api.list("Pod", owner.namespace, selector):
-                name = ((pod.get("metadata") or {}).get("labels") or {}).get("job-name")
-                if name:
-                    pods.setdefault(name, []).append(pod)
-        seen: dict[str, WorkloadObservation] = {}
-        workloads = []
-        assert status is not None or not active
-        for name, attempt in active:
-            workload = workload_for(owner.spec, status, name, attempt)  # type: ignore[arg-type]
-            workloads.append(workload)
-            job_name = builders.job_name(owner.name, workload)
-            epochs = self.progress(owner.namespace, owner.name, name, attempt)
-            seen[name] = observe_job(jobs.get(job_name), pods.get(job_name, []), attempt, epochs)
-        serving = None
-        if status is not None and status.serving is not None and owner.spec.serving is not None:
-            name = builders.serving_name(owner.name)
-            path = PATHS["Deployment"].format(ns=owner.namespace) + f"/{name}"
-            try:
-                deployment = self.api.get(path)
-            except ApiError as error:
-                if error.status != 404:
-                    raise
-                deployment = None
-            serving = observe_deployment(deployment, builders.serving_url(owner, owner.spec.serving))
-        return Observations(workloads=seen, serving=serving), workloads
+    def for_pipeline(self, owner: builders.Owner, body: Mapping[str, Any]) -> PipelineExecutor:
+        """The executor of one pipeline (`body` as last read: Events refer to it)."""
+        return PipelineExecutor(self, owner, body)
 
-    def apply(self, owner: builders.Owner, body: Mapping[str, Any], actions: Iterable[Action]) -> None:
-        for action in actions:
-            if isinstance(action, StartWorkload):
-                for obj in builders.workload_objects(owner, self.settings, action.workload):
-                    self.api.apply(obj)
-            elif isinstance(action, StopWorkload):
-                self.stop(owner, action.name, action.attempt)
-            elif isinstance(action, StartServing):
-                for obj in builders.serving_objects(owner, self.settings, action.model, action.serving):
-                    self.api.apply(obj)
-            elif isinstance(action, StopServing):
-                name = builders.serving_name(owner.name)
-                for kind in ("HorizontalPodAutoscaler", "Service", "Deployment"):
-                    self.api.delete(kind, owner.namespace, name)
-            elif isinstance(action, Emit):
-                self.event(body, action.type, action.reason, action.message)
-            elif isinstance(action, DeletePipeline):
-                self.api.delete("TrainingPipeline", owner.namespace, owner.name)
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        path = PATHS["TrainingPipeline"].format(ns=namespace) + f"/{name}/status"
+        patch = [{"op": "add", "path": "/status", "value": dict(status)}]
+        self.api.request("PATCH", path, patch, content_type="application/json-patch+json")
 
-    def stop(self, owner: builders.Owner, name: str, attempt: int) -> None:
-        job = builders.dns_name(owner.name, f"{name}-{attempt}", limit=52)
-        self.api.delete("Job", owner.namespace, job)
-        self.api.delete("Service", owner.namespace, job)
 
-    def event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        meta = body["metadata"]
+@dataclass
+class PipelineExecutor:
+    """One pipeline's children: implements `protocol.Executor` for one reconcile step."""
+
+    shared: KubernetesExecutor
+    owner: builders.Owner
+    body: Mapping[str, Any]
+
+    @property
+    def api(self) -> Api:
+        return self.shared.api
+
+    def observe(self, workloads: Iterable[tuple[str, int]], serving: bool) -> Observations:
+        owner, keys = self.owner, list(workloads)
+        jobs: list[dict[str, Any]] = []
+        pods: list[dict[str, Any]] = []
+        if keys:
+            selector = f"{builders.LABEL_PIPELINE}={builders.label_value(owner.name)}"
+            jobs = self.api.list("Job", owner.namespace, selector)
+            pods = self.api.list("Pod", owner.namespace, selector)
+
+        def epochs(name: str, attempt: int) -> tuple[EpochReport, ...]:
+            return self.shared.progress(owner.namespace, owner.name, name, attempt)
+
+        seen = observe_jobs(owner.name, keys, jobs, pods, epochs)
+        return Observations(workloads=seen, serving=self.observe_serving() if serving else None)
+
+    def observe_serving(self) -> ServingObservation | None:
+        spec = self.owner.spec.serving
+        if spec is None:
+            return None
+        name = builders.serving_name(self.owner.name)
+        path = PATHS["Deployment"].format(ns=self.owner.namespace) + f"/{name}"
+        try:
+            deployment = self.api.get(path)
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            deployment = None
+        return observe_deployment(deployment, builders.serving_url(self.owner, spec))
+
+    def start(self, workload: Workload) -> None:
+        for obj in builders.workload_objects(self.owner, self.shared.settings, workload):
+            self.api.apply(obj)
+
+    def stop(self, name: str, attempt: int) -> None:
+        job = builders.job_name(self.owner.name, name, attempt)
+        self.api.delete("Job", self.owner.namespace, job)
+        self.api.delete("Service", self.owner.namespace, job)
+
+    def start_serving(self, model: str, serving: ServingSpec) -> None:
+        for obj in builders.serving_objects(self.owner, self.shared.settings, model, serving):
+            self.api.apply(obj)
+
+    def stop_serving(self) -> None:
+        name = builders.serving_name(self.owner.name)
+        for kind in ("HorizontalPodAutoscaler", "Service", "Deployment"):
+            self.api.delete(kind, self.owner.namespace, name)
+
+    def delete_pipeline(self) -> None:
+        self.api.delete("TrainingPipeline", self.owner.namespace, self.owner.name)
+
+    def emit(self, type: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        meta = self.body["metadata"]
         now = datetime.now(UTC)
         stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
         if len(message) > EVENT_MESSAGE_LIMIT:
@@ -356,14 +378,14 @@ class KubernetesExecutor:
             "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {
-                "apiVersion": body.get("apiVersion"),
-                "kind": body.get("kind"),
+                "apiVersion": self.body.get("apiVersion"),
+                "kind": self.body.get("kind"),
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta.get("uid"),
                 "resourceVersion": meta.get("resourceVersion"),
             },
-            "type": type_,
+            "type": type,
             "reason": reason[:128],
             "message": message,
             "firstTimestamp": stamp,
@@ -377,11 +399,6 @@ class KubernetesExecutor:
             self.api.request("POST", PATHS["Event"].format(ns=meta["namespace"]), event)
         except ApiError as error:  # an Event is best effort; status carries the same facts
             log.warning("event %s/%s not posted: %s", meta["name"], reason, error)
-
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        path = PATHS["TrainingPipeline"].format(ns=namespace) + f"/{name}/status"
-        patch = [{"op": "add", "path": "/status", "value": dict(status)}]
-        self.api.request("PATCH", path, patch, content_type="application/json-patch+json")
 
 
 def owner_of(body: Mapping[str, Any], spec: TrainingPipelineSpec) -> builders.Owner:

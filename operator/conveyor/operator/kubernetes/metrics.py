@@ -9,16 +9,22 @@ from __future__ import annotations
 import threading
 from collections import Counter as Tally
 from dataclasses import dataclass, field
+from typing import TypeGuard, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from conveyor.operator.api.status import PipelineStatus, parse_time
-
-PHASES = (
-    "Pending", "Preparing", "Tuning", "Training", "Evaluating", "Ensembling", "Serving", "Succeeded",
-    "Failed", "Suspended",
+from conveyor.operator.api.status import (
+    STAGES,
+    Phase,
+    PipelineStatus,
+    StageStatus,
+    TrialState,
+    parse_time,
 )
-TRIAL_STATES = ("Pending", "Running", "Succeeded", "Failed", "Pruned", "Suspended")
+
+# Every value of the gauges' labels, set to 0 up front so a dashboard sees each series from the start.
+PIPELINE_PHASES: tuple[str, ...] = get_args(Phase)
+TRIAL_STATES: tuple[str, ...] = get_args(TrialState)
 
 
 @dataclass
@@ -43,7 +49,7 @@ class Metrics:
         self.api_errors = Counter(
             "conveyor_api_errors_total", "Kubernetes API errors by verb.", ["verb"], registry=r
         )
-        for phase in PHASES:
+        for phase in PIPELINE_PHASES:
             self.pipelines.labels(phase).set(0)
         for state in TRIAL_STATES:
             self.trials.labels(state).set(0)
@@ -67,15 +73,18 @@ class Metrics:
                 for state, count in share[1].items():
                     self.trials.labels(state).inc(count)
         if new is not None:
-            for stage in ("prepare", "tune", "train", "evaluate", "ensemble", "serve"):
-                now_stage = getattr(new.stages, stage)
-                before = getattr(old.stages, stage) if old is not None else None
-                done = now_stage is not None and now_stage.state in ("Succeeded", "Failed")
-                was_done = before is not None and before.state in ("Succeeded", "Failed")
-                if done and not was_done and now_stage.start_time and now_stage.completion_time:
-                    began, ended = parse_time(now_stage.start_time), parse_time(now_stage.completion_time)
-                    if began and ended:
-                        self.stage_seconds.labels(stage).observe((ended - began).total_seconds())
+            for stage in STAGES:
+                now_stage = new.stages.get(stage)
+                before = old.stages.get(stage) if old is not None else None
+                if not _finished(now_stage) or _finished(before):
+                    continue
+                began, ended = parse_time(now_stage.start_time), parse_time(now_stage.completion_time)
+                if began and ended:
+                    self.stage_seconds.labels(stage).observe((ended - began).total_seconds())
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         start_http_server(port, addr=host, registry=self.registry)
+
+
+def _finished(stage: StageStatus | None) -> TypeGuard[StageStatus]:
+    return stage is not None and stage.state in ("Succeeded", "Failed")

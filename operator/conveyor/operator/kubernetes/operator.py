@@ -5,8 +5,9 @@ event loop; the reconcile itself is the controller-runtime pattern, as in Kubefl
 reconcile: each change enqueues the pipeline's key, a few workers take keys (one key is never
 processed twice at once), and a step is
 
-    GET the pipeline -> observe its children -> engine.reconcile -> PATCH /status (only when it
-    changed) -> apply the actions -> requeue after `requeue_after` or the resync interval.
+    GET the pipeline -> observe its children (the workloads `active_workloads(status)` names) ->
+    engine.reconcile -> PATCH /status (only when it changed) -> carry out the actions on the
+    pipeline's executor (`protocol.carry_out`) -> requeue after `requeue_after` or the resync interval.
 
 Why these choices:
 - kopf's event handlers, not its daemons or change handlers: those need finalizers and kopf's own
@@ -48,7 +49,8 @@ import kopf
 from conveyor.operator.api import GROUP, PLURAL, VERSION
 from conveyor.operator.api.resource import ManifestError, parse
 from conveyor.operator.api.status import PipelineStatus
-from conveyor.operator.engine import reconcile
+from conveyor.operator.engine import active_workloads, reconcile
+from conveyor.operator.executors.protocol import carry_out
 from conveyor.operator.kubernetes import builders
 from conveyor.operator.kubernetes.executor import PATHS, Api, ApiError, KubernetesExecutor, owner_of
 from conveyor.operator.kubernetes.metrics import Metrics
@@ -240,21 +242,22 @@ class Controller:
             return None
         held = self.held.pop(key, None)
         status = pipeline.status or held
-        owner = owner_of(body, pipeline.spec)
-        observations, _ = self.executor.observe(owner, status)
+        executor = self.executor.for_pipeline(owner_of(body, pipeline.spec), body)
+        serving = status is not None and status.serving is not None
+        observations = executor.observe(active_workloads(status), serving)
         decision = reconcile(
             pipeline.spec, status, observations, datetime.now(UTC), generation=meta.get("generation")
         )
         self.metrics.record(key, status, decision.status)
         self.statuses[key] = decision.status
         if status is None:  # a first step: work first, status on the next step
-            self.executor.apply(owner, body, decision.actions)
+            carry_out(executor, decision.actions)
             self.held[key] = decision.status
             return FIRST_STATUS_DELAY
         new_wire = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
         if new_wire != old_wire:
             self.executor.patch_status(namespace, name, new_wire)
-        self.executor.apply(owner, body, decision.actions)
+        carry_out(executor, decision.actions)
         delays = [d for d in (decision.requeue_after,) if d is not None]
         if decision.status.phase not in FINISHED:
             delays.append(self.config.resync_seconds)

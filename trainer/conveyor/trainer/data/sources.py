@@ -10,11 +10,14 @@ strings; `prepare` encodes them). Sources:
   `make_classification` / `make_regression`, or `kind: image`: one-channel images, one smooth random
   pattern per class, shifted by a pixel and noised per sample.
 - A CSV or Parquet file through fsspec (a path, `file://`, `s3://`, `gs://`, `http(s)://`) with the
-  label in the `data.target` column and numeric features in every other column.
+  label in the `data.target` column and numeric features in every other column. Object stores need
+  their fsspec package (s3fs, gcsfs, ...) in the image and read credentials from the environment (on
+  Kubernetes: `data.credentialsSecret`).
 - A class-per-folder image tree (`root/<class>/<image>.png|jpg|...`), resized to `data.imageSize`
   (default 32) and scaled to [0, 1]; grayscale when every image is, RGB otherwise.
-- `pvc://NAME/PATH`: a PersistentVolumeClaim the executor mounts at `$CONVEYOR_PVC_ROOT/NAME`
-  (default `/mnt/pvc/NAME`); PATH is relative to that mount.
+- `pvc://NAME/PATH`: a PersistentVolumeClaim, read at `$CONVEYOR_PVC_ROOT/NAME/PATH` (default root
+  `/mnt/pvc`). On Kubernetes the prepare pod mounts claim NAME read-only there and sets the variable;
+  for `conveyor run`, export CONVEYOR_PVC_ROOT to a directory that holds NAME/.
 
 Problems a user can fix (missing column, text features, NaNs, empty files) raise `DataError`.
 """
@@ -30,11 +33,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from conveyor.trainer.config import DataSpec, SyntheticSpec, TaskType
+from conveyor.trainer.config import (
+    DEFAULT_PVC_ROOT,
+    PVC_ROOT_ENV,
+    PVC_SCHEME,
+    DataSpec,
+    SyntheticSpec,
+    TaskType,
+    split_pvc,
+)
 from conveyor.trainer.data import DataError
 
-PVC_ROOT_ENV = "CONVEYOR_PVC_ROOT"
-DEFAULT_PVC_ROOT = "/mnt/pvc"
 DEFAULT_IMAGE_SIZE = 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq", ".csv.gz")
@@ -155,8 +164,8 @@ def synthetic_images(spec: SyntheticSpec, seed: int) -> RawDataset:
 
 def resolve_uri(source: str) -> str:
     """`pvc://NAME/PATH` -> the mounted path; everything else is handed to fsspec unchanged."""
-    if source.startswith("pvc://"):
-        name, _, rest = source.removeprefix("pvc://").partition("/")
+    if source.startswith(PVC_SCHEME):
+        name, rest = split_pvc(source)
         if not name:
             raise DataError(f"source {source!r} names no volume; write pvc://CLAIM-NAME/path/in/volume")
         return str(Path(os.environ.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT)) / name / rest)

@@ -20,16 +20,31 @@ import gc
 import logging
 import os
 from pathlib import Path
+from typing import get_args
+
+from conveyor.trainer.config import Quantization, ServingSpec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = ServingSpec()  # the manifest's `spec.serving` defaults are the command line's
     parser.add_argument("--model", required=True, type=Path, help="model or ensemble directory")
     parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=8080, help="0 picks a free port (printed on stdout)")
+    parser.add_argument(
+        "--port", type=int, default=defaults.port, help="0 picks a free port (printed on stdout)"
+    )
     parser.add_argument("--name", default=None, help="model name in URLs (default: the model card's name)")
-    parser.add_argument("--max-batch-size", type=int, default=32, help="dynamic batching: largest batch")
-    parser.add_argument("--max-latency-ms", type=float, default=2.0, help="dynamic batching: longest wait")
-    parser.add_argument("--quantization", choices=("none", "int8"), default="none", help="int8: dynamic, CPU")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=defaults.max_batch_size, help="dynamic batching: largest batch"
+    )
+    parser.add_argument(
+        "--max-latency-ms", type=float, default=defaults.max_latency_ms, help="dynamic batching: longest wait"
+    )
+    parser.add_argument(
+        "--quantization",
+        choices=get_args(Quantization),
+        default=defaults.quantization,
+        help="int8: dynamic, CPU",
+    )
     parser.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
     parser.add_argument(
         "--inputs", choices=("raw", "normalized"), default="raw",

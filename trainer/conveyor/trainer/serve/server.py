@@ -42,10 +42,10 @@ HEADER_LENGTH = b"inference-header-content-length"
 @dataclass
 class ServeOptions:
     name: str
+    port: int  # the defaults of these three are ServingSpec's, applied by the serve command
+    max_batch_size: int
+    max_latency_ms: float
     host: str = "0.0.0.0"
-    port: int = 8080
-    max_batch_size: int = 32
-    max_latency_ms: float = 2.0
     max_body_bytes: int = 16 * 1024 * 1024
     raw_inputs: bool = True
     drain_seconds: float = 20.0

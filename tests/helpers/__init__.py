@@ -1,0 +1,1 @@
+"""Modules the tests import by name; conftest.py files hold only fixtures."""

@@ -1,0 +1,1 @@
+"""The data plane: data preparation, training, evaluation, ensembles and serving, run for real."""

@@ -1,0 +1,1 @@
+"""Pure tests: the API, the engine, the builders and the local executor's bookkeeping."""

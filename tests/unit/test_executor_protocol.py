@@ -1,0 +1,329 @@
+"""One fate of a workload, two executors, one decision.
+
+Each scenario happens once to real (tiny) local processes, observed by the local executor, and once
+as the Jobs and Pods the Kubernetes API lists, observed by the Kubernetes executor's pure observation
+path; the engine then reconciles each observation from the same status. Executors report facts only,
+so both must end in the same record (state, reason, attempt, failures or values), the same starts and
+the same events. Also: the one dispatch of actions onto an executor, and the output directory both
+sides derive from a workload's name.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor.operator.api.resource import parse
+from conveyor.operator.api.spec import TrainingPipelineSpec
+from conveyor.operator.api.status import PipelineStatus
+from conveyor.operator.engine import (
+    Decision,
+    DeletePipeline,
+    Emit,
+    EpochReport,
+    Observations,
+    StartServing,
+    StartWorkload,
+    StopServing,
+    StopWorkload,
+    WorkloadObservation,
+    reconcile,
+    workload_for,
+)
+from conveyor.operator.engine.workload_kinds import KINDS
+from conveyor.operator.executors.local import LocalExecutor
+from conveyor.operator.executors.protocol import carry_out
+from conveyor.operator.kubernetes import builders
+from conveyor.operator.kubernetes import executor as k8s
+from conveyor.operator.workloads import PERMANENT_REASONS, Workload
+from conveyor.trainer.artifacts import WORKLOAD_DIRS, workload_dir
+from conveyor.trainer.config import ServingSpec
+from tests.helpers.kubernetes_objects import done, pod
+from tests.helpers.manifests import reference_document
+from tests.helpers.processes import fake_python
+
+T0 = datetime(2026, 11, 30, 4, 0, tzinfo=UTC)
+PIPELINE = "digits"
+RESULT = {
+    "event": "result",
+    "status": "succeeded",
+    "objective": {"metric": "accuracy", "value": 0.97},
+    "metrics": {"accuracy": 0.97},
+}
+EPOCHS = (EpochReport(1, {"accuracy": 0.8}, 2), EpochReport(2, {"accuracy": 0.9}, 2))
+
+
+def write_result() -> str:
+    """Shell writing the trainer's result.json into the workload's output directory ($OUT)."""
+    return f"mkdir -p \"$OUT\" && printf '%s' '{json.dumps(RESULT)}' > \"$OUT/result.json\""
+
+
+def write_epochs() -> str:
+    lines = [
+        json.dumps({"event": "epoch", "epoch": e.epoch, "epochs": e.epochs, "metrics": dict(e.metrics)})
+        for e in EPOCHS
+    ]
+    return " && ".join(f"printf '%s\\n' '{line}' >> \"$OUT/progress.jsonl\"" for line in lines)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """`ranks`: shell run by rank 0 and rank 1 locally (None: never started here); `conditions` and
+    `pods`: the Job's True conditions (None: no Job) and its pods as the API lists them."""
+
+    workload: str
+    ranks: tuple[str, str] | None
+    conditions: tuple[tuple[str, str], ...] | None
+    pods: tuple[dict[str, Any], ...] = ()
+    epochs: bool = False
+    until_result: bool = False  # locally, observe as soon as the result exists (rank 1 still runs)
+
+
+MESSAGE = json.dumps(RESULT)  # the termination message rank 0 leaves
+RUNNING = {"running": {"startedAt": "2026-11-30T04:29:52Z"}}
+
+# id -> (scenario, the record's (state, reason) both executors must end in)
+SCENARIOS: dict[str, tuple[Scenario, tuple[str, str | None]]] = {
+    "finished with a result": (
+        Scenario(
+            "train",
+            (f"{write_result()}; exit 0", "exit 0"),
+            (("Complete", ""),),
+            (pod(0, "Succeeded", done(0, MESSAGE)), pod(1, "Succeeded", done(0))),
+        ),
+        ("Succeeded", None),
+    ),
+    "finished without a result": (  # retried: attempt 1
+        Scenario(
+            "train",
+            ("exit 0", "exit 0"),
+            (("Complete", ""),),
+            (pod(0, "Succeeded", done(0)), pod(1, "Succeeded", done(0))),
+        ),
+        ("Pending", "NoResult"),
+    ),
+    "invalid input": (  # permanent: not retried, the pipeline fails
+        Scenario(
+            "train",
+            ("echo 'error: bad column'; exit 2", "echo 'error: bad column'; exit 2"),
+            (("Failed", "PodFailurePolicy"),),
+            (pod(0, "Failed", done(2, "bad column")),),
+        ),
+        ("Failed", "InvalidInput"),
+    ),
+    "rank 0's result while rank 1 still runs": (
+        Scenario(
+            "train",
+            (f"{write_result()}; exit 0", "sleep 30"),
+            (),
+            (pod(0, "Succeeded", done(0, MESSAGE)), pod(1, "Running", RUNNING)),
+            until_result=True,
+        ),
+        ("Succeeded", None),
+    ),
+    "crash after the result": (  # kept, with an ExitedAfterResult warning
+        Scenario(
+            "train",
+            (f"{write_result()}; exit 134", "exit 0"),
+            (("Failed", "BackoffLimitExceeded"),),
+            (pod(0, "Failed", done(134, MESSAGE)), pod(1, "Succeeded", done(0))),
+        ),
+        ("Succeeded", None),
+    ),
+    "gone": (  # lost: its next attempt starts, no failure counted
+        Scenario("train", None, None),
+        ("Pending", "Restarted"),
+    ),
+    "a trial finished without a result": (  # its per-epoch values are no verdict
+        Scenario(
+            "trial-0000",
+            (f"mkdir -p \"$OUT\" && {write_epochs()}; exit 0", "exit 0"),
+            (("Complete", ""),),
+            (pod(0, "Succeeded", done(0)), pod(1, "Succeeded", done(0))),
+            epochs=True,
+        ),
+        ("Failed", "NoResult"),
+    ),
+}
+
+
+def spec_for(workload: str) -> TrainingPipelineSpec:
+    document = copy.deepcopy(reference_document())
+    document["spec"]["tuning"].update({"trials": 4, "parallelism": 2, "pruner": "none"})
+    if workload.startswith("trial-"):
+        return parse(document).spec
+    for section in ("tuning", "ensemble", "serving"):
+        document["spec"].pop(section)
+    return parse(document).spec
+
+
+def running(spec: TrainingPipelineSpec, workload: str) -> PipelineStatus:
+    """The status in which `workload` (attempt 0) was just started, after the dataset was prepared."""
+    prepared = Observations({"prepare": WorkloadObservation("succeeded", result={"status": "succeeded"})})
+    status = reconcile(spec, reconcile(spec, None, Observations(), T0).status, prepared, T0).status
+    assert (workload, 0) in [(r.name, r.attempt) for r in [*status.trials, *status.workloads]]
+    return status
+
+
+def observed_locally(tmp_path: Path, scenario: Scenario, workload: Workload) -> WorkloadObservation:
+    root = tmp_path / "run"
+    rank0, rank1 = scenario.ranks or ("exit 0", "exit 0")
+    body = f'OUT="{root / workload.out}"\nif [ "$PET_NODE_RANK" = 0 ]; then {rank0}; else {rank1}; fi'
+    executor = LocalExecutor(root, python=fake_python(tmp_path, body))
+    if scenario.ranks is not None:
+        executor.start(workload)
+    key = [(workload.name, workload.attempt)]
+    deadline = time.monotonic() + 20
+    try:
+        while True:
+            seen = executor.observe(key, serving=False).workloads[workload.name]
+            if seen.state not in ("pending", "running") or (scenario.until_result and seen.result):
+                return seen
+            assert time.monotonic() < deadline, f"{workload.name} never finished: {seen}"
+            time.sleep(0.05)
+    finally:
+        executor.shutdown()
+
+
+def observed_on_kubernetes(scenario: Scenario, workload: Workload) -> WorkloadObservation:
+    name = builders.job_name(PIPELINE, workload.name, workload.attempt)
+    jobs = []
+    if scenario.conditions is not None:
+        conditions = [
+            {"type": t, "status": "True", "reason": r, "lastTransitionTime": "2026-11-30T04:29:52Z"}
+            for t, r in scenario.conditions
+        ]
+        status = {"startTime": "2026-11-30T04:20:00Z", "conditions": conditions}
+        jobs.append({"metadata": {"name": name}, "status": status})
+    pods = [copy.deepcopy(p) for p in scenario.pods]
+    for p in pods:
+        p["metadata"]["labels"] = {"job-name": name}
+
+    def epochs(workload: str, attempt: int) -> tuple[EpochReport, ...]:
+        return EPOCHS if scenario.epochs else ()
+
+    seen = k8s.observe_jobs(PIPELINE, [(workload.name, workload.attempt)], jobs, pods, epochs)
+    return seen[workload.name]
+
+
+def outcome(decision: Decision, name: str) -> dict[str, Any]:
+    """What a decision made of workload `name`, beyond times and messages."""
+    record = decision.status.trial(name) or decision.status.workload(name)
+    assert record is not None
+    return {
+        "record": (record.state, record.reason, record.attempt),
+        "failures or values": getattr(record, "failures", None) or getattr(record, "values", None),
+        "starts": sorted(
+            (a.workload.name, a.workload.attempt) for a in decision.actions if isinstance(a, StartWorkload)
+        ),
+        "events": sorted((a.type, a.reason) for a in decision.actions if isinstance(a, Emit)),
+        "phase": decision.status.phase,
+    }
+
+
+@pytest.mark.parametrize("case", list(SCENARIOS))
+def test_both_executors_lead_to_the_same_decision(tmp_path: Path, case: str) -> None:
+    scenario, (state, reason) = SCENARIOS[case]
+    spec = spec_for(scenario.workload)
+    status = running(spec, scenario.workload)
+    workload = workload_for(spec, status, scenario.workload, 0)
+    now = T0 + timedelta(minutes=30)
+
+    seen = [observed_locally(tmp_path, scenario, workload), observed_on_kubernetes(scenario, workload)]
+    local, kubernetes = (
+        outcome(reconcile(spec, status, Observations({workload.name: s}), now), workload.name) for s in seen
+    )
+    assert local == kubernetes
+    assert local["record"][:2] == (state, reason)
+
+
+def test_what_the_scenarios_show_about_the_decisions() -> None:
+    """The table's expectations spelled out on the Kubernetes side (the test above holds local equal)."""
+
+    def decide(case: str) -> dict[str, Any]:
+        scenario, _ = SCENARIOS[case]
+        spec = spec_for(scenario.workload)
+        status = running(spec, scenario.workload)
+        workload = workload_for(spec, status, scenario.workload, 0)
+        seen = observed_on_kubernetes(scenario, workload)
+        return outcome(reconcile(spec, status, Observations({workload.name: seen}), T0), workload.name)
+
+    assert decide("finished with a result")["starts"] == [("evaluate-model", 0)]
+    assert decide("finished without a result")["starts"] == [("train", 1)]
+    invalid = decide("invalid input")
+    assert invalid["starts"] == [] and invalid["phase"] == "Failed" and "InvalidInput" in PERMANENT_REASONS
+    assert decide("rank 0's result while rank 1 still runs")["starts"] == [("evaluate-model", 0)]
+    assert ("Warning", "ExitedAfterResult") in decide("crash after the result")["events"]
+    gone = decide("gone")
+    assert gone["record"] == ("Pending", "Restarted", 1) and gone["failures or values"] is None
+    assert decide("a trial finished without a result")["failures or values"] == [0.8, 0.9]
+
+
+class Recorder:
+    """An executor that writes down what it is asked to do."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def start(self, workload: Workload) -> None:
+        self.calls.append(("start", workload.key))
+
+    def stop(self, name: str, attempt: int) -> None:
+        self.calls.append(("stop", name, attempt))
+
+    def observe(self, workloads: Any, serving: bool) -> Observations:
+        return Observations()
+
+    def start_serving(self, model: str, serving: ServingSpec) -> None:
+        self.calls.append(("start_serving", model))
+
+    def stop_serving(self) -> None:
+        self.calls.append(("stop_serving",))
+
+    def emit(self, type: str, reason: str, message: str) -> None:
+        self.calls.append(("emit", type, reason))
+
+    def delete_pipeline(self) -> None:
+        self.calls.append(("delete_pipeline",))
+
+
+def test_carry_out_maps_every_action_onto_the_executor_in_order() -> None:
+    recorder = Recorder()
+    actions = [
+        StartWorkload(Workload("train", "train", "train", "model", attempt=2)),
+        StopWorkload("trial-0003", 0, "Pruned"),
+        StartServing("ensemble", ServingSpec()),
+        StopServing("Suspended"),
+        Emit("Warning", "Retrying", "again"),
+        DeletePipeline("TTLExpired"),
+    ]
+    carry_out(recorder, actions)
+    assert recorder.calls == [
+        ("start", "train-2"),
+        ("stop", "trial-0003", 0),
+        ("start_serving", "ensemble"),
+        ("stop_serving",),
+        ("emit", "Warning", "Retrying"),
+        ("delete_pipeline",),
+    ]
+
+
+@pytest.mark.parametrize("name", [*KINDS, "trial-0000", "trial-0417"])
+def test_executors_read_where_the_engine_tells_workloads_to_write(name: str) -> None:
+    spec = spec_for("trial-0000")
+    status = running(spec, "trial-0000")
+    status.trials.append(status.trials[0].model_copy(update={"name": "trial-0417", "number": 417}))
+    assert workload_for(spec, status, name, 0).out == workload_dir(name)
+
+
+def test_every_kind_has_an_output_directory() -> None:
+    assert set(KINDS) == set(WORKLOAD_DIRS)
+    with pytest.raises(KeyError):
+        workload_dir("nope")
