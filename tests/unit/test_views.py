@@ -131,7 +131,7 @@ def test_summary_of_a_finished_pipeline() -> None:
         ["accuracy", "0.9712", "0.9801"],
         ["loss", "0.0923", "-"],  # no ensemble value: a dash
     ]
-    assert "Gate: ensemble accuracy 0.9801 >= 0.95: passed" in lines
+    assert "Gate: ensemble test accuracy 0.9801 passes the gate (accuracy >= 0.95)" in lines
     assert "Report (model): pvc://conveyor-artifacts/digits/model/report.html" in lines
     assert "Report (ensemble): pvc://conveyor-artifacts/digits/ensemble/report.html" in lines
     assert not any(line.startswith("Serving") for line in lines)
@@ -154,7 +154,7 @@ def test_summary_of_a_failed_pipeline_says_why() -> None:
     assert lines[0] == "digits Failed  (GateFailed)"
     assert lines[1] == "accuracy 0.61 is below the gate's min 0.95"
     assert cells("\n".join(lines)) == [["metric", "model"], ["accuracy", "0.61"]]  # no ensemble column
-    assert "Gate: model accuracy 0.61 >= 0.95 and <= 0.99: failed" in lines
+    assert "Gate: model test accuracy 0.6100 fails the gate (accuracy >= 0.95 and <= 0.99)" in lines
 
 
 @pytest.mark.parametrize(("ready", "word"), [(True, "ready"), (False, "starting")])

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from conveyor.operator.api.status import STAGES, PipelineStatus, TrialStatus, parse_time
+from conveyor.operator.engine.promotion import gate_message
 
 STATE_STYLES = {
     "Succeeded": "green",
@@ -140,18 +141,8 @@ def summary(name: str, status: PipelineStatus, root: str | None = None) -> list[
         parts.append(table)
     gate = status.gate
     if gate is not None:
-        bound = " and ".join(
-            b
-            for b in (
-                f">= {gate.min}" if gate.min is not None else "",
-                f"<= {gate.max}" if gate.max is not None else "",
-            )
-            if b
-        )
-        verdict = Text("passed", style="bold green") if gate.passed else Text("failed", style="bold red")
-        parts.append(
-            Text.assemble("Gate: ", f"{gate.candidate} {gate.metric} {fmt(gate.value)} {bound}: ", verdict)
-        )
+        style = "bold green" if gate.passed else "bold red"
+        parts.append(Text.assemble("Gate: ", Text(gate_message(gate), style=style)))
     artifacts = status.artifacts
     if artifacts is not None:
         base = root or artifacts.root or ""
