@@ -1,6 +1,7 @@
-"""`conveyor run` for real: a small pipeline through every stage with real torchrun processes, served
-and queried with an Open Inference Protocol client; Ctrl-C and SIGTERM stop every child; the same
-command resumes without running finished trials again."""
+"""`conveyor run` for real: a small pipeline through every stage with real trainer processes (forked
+from warm workers, and with `--cold` as torchrun agents), served and queried with an Open Inference
+Protocol client; Ctrl-C and SIGTERM stop every child, and after SIGKILL no child remains either; the
+same command resumes without running finished trials again."""
 
 from __future__ import annotations
 
@@ -103,6 +104,14 @@ def manifest(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def long_trials(tmp_path: Path) -> Path:
+    """Trials long enough (seconds) to be caught running: warm workers finish 6 epochs at once."""
+    path = tmp_path / "long-trials.yaml"
+    path.write_text(MANIFEST.replace("epochs: 6,", "epochs: 400, earlyStopping: {patience: 400},"))
+    return path
+
+
 def test_invalid_manifest_is_rejected_before_any_work(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(MANIFEST.replace("parallelism: 2", "parallelism: 7"))
@@ -123,7 +132,7 @@ def test_run_serves_then_resumes_without_rerunning(manifest: Path, tmp_path: Pat
     port = free_port()
     proc = start(manifest, root, "--port", str(port))
     text = "".join(wait_for_line(proc, "Serving until Ctrl-C", timeout=600))
-    assert "Gate:" in text and "passed" in text
+    assert "Gate:" in text and "passes the gate" in text
 
     # The endpoint serves the ensemble under the pipeline's name, for a stock OIP v2 client.
     client = triton.InferenceServerClient(f"127.0.0.1:{port}")
@@ -148,8 +157,8 @@ def test_run_serves_then_resumes_without_rerunning(manifest: Path, tmp_path: Pat
     assert status["gate"]["passed"] is True
     logs_before = sorted(p.name for p in (root / "logs").iterdir())
 
-    # The same command again: nothing is trained again, serving comes back.
-    again = start(manifest, root, "--port", str(port))
+    # The same command again (cold this time): nothing is trained again, serving comes back.
+    again = start(manifest, root, "--port", str(port), "--cold")
     try:
         wait_for_line(again, "Serving until Ctrl-C", timeout=180)
         assert client.is_server_ready()
@@ -164,26 +173,23 @@ def test_run_serves_then_resumes_without_rerunning(manifest: Path, tmp_path: Pat
     assert [t["attempt"] for t in status_of(root)["trials"]] == [t["attempt"] for t in status["trials"]]
 
 
-def test_interrupt_mid_sweep_then_resume(manifest: Path, tmp_path: Path) -> None:
-    root = tmp_path / "run"
-    proc = start(manifest, root, "--no-serve")
+def mid_sweep(proc: subprocess.Popen[str], root: Path) -> dict[str, float]:
+    """Wait until a trial finished while another runs; the finished ones' result times."""
     deadline = time.monotonic() + 600
-    finished: dict[str, float] = {}
     while time.monotonic() < deadline:
         if (root / "status.json").exists():
             trials = status_of(root)["trials"]
             done = [t for t in trials if t["state"] == "Succeeded"]
             if done and any(t["state"] == "Running" for t in trials):
-                finished = {
+                return {
                     t["name"]: (root / "trials" / t["name"] / "result.json").stat().st_mtime for t in done
                 }
-                break
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         time.sleep(0.2)
-    assert finished, "never saw a finished trial next to a running one"
-    assert interrupt(proc) == 130
-    assert leftovers(lambda: children_of(root), timeout=15) == [], "Ctrl-C left child processes behind"
+    raise AssertionError("never saw a finished trial next to a running one")
 
+
+def resumes_to_completion(manifest: Path, root: Path, finished: dict[str, float]) -> None:
     resumed = start(manifest, root, "--no-serve")
     assert resumed.wait(timeout=600) == 0, resumed.stdout.read() if resumed.stdout else ""
     status = status_of(root)
@@ -192,3 +198,26 @@ def test_interrupt_mid_sweep_then_resume(manifest: Path, tmp_path: Path) -> None
     for name, mtime in finished.items():
         assert (root / "trials" / name / "result.json").stat().st_mtime == mtime, f"{name} ran again"
     assert status["phase"] == "Succeeded"
+    assert leftovers(lambda: children_of(root), timeout=15) == []
+
+
+def test_interrupt_mid_sweep_then_resume(long_trials: Path, tmp_path: Path) -> None:
+    manifest, root = long_trials, tmp_path / "run"
+    proc = start(manifest, root, "--no-serve")
+    finished = mid_sweep(proc, root)
+    assert interrupt(proc) == 130
+    assert leftovers(lambda: children_of(root), timeout=15) == [], "Ctrl-C left child processes behind"
+    resumes_to_completion(manifest, root, finished)
+
+
+def test_sigkill_mid_sweep_leaves_no_process_then_resume(long_trials: Path, tmp_path: Path) -> None:
+    manifest, root = long_trials, tmp_path / "run"
+    proc = start(manifest, root, "--no-serve")
+    finished = mid_sweep(proc, root)
+    descendants = psutil.Process(proc.pid).children(recursive=True)
+    assert len(descendants) >= 3  # the fork server, its guardian, a running trial's ranks
+    proc.kill()  # SIGKILL to `conveyor run` alone: nothing gets to clean up
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+    survivors = leftovers(lambda: [p for p in descendants if p.is_running()] + children_of(root), timeout=15)
+    assert survivors == [], "SIGKILL of conveyor run left child processes behind"
+    resumes_to_completion(manifest, root, finished)

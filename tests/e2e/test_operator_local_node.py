@@ -1,12 +1,13 @@
 """The operator's own pod specs, really run: a small pipeline on the test bed's local node, whose pods
 execute as local processes (2 torchrun workers per training job, rendezvous through the headless
 Service's DNS name), with results flowing back through termination messages and the served model
-answering an Open Inference Protocol request."""
+answering an Open Inference Protocol request. No placement and no port in the manifest: pods asking
+for no GPU land on the local node, each in its own network namespace (every rank 0 binds 29500, the
+server binds the default port)."""
 
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,22 +18,17 @@ import tritonclient.http as httpclient
 import yaml
 
 from conveyor.devcluster.cluster import LOCAL_NODE
-from conveyor.devcluster.node import LOCAL_NODE_LABEL
-from conveyor.operator.kubernetes.builders import LABEL_WORKLOAD
-from tests.helpers.operator_bed import REFERENCE, Cluster, OperatorProcess, apply, running_operator, sh
+from tests.helpers.operator_bed import (
+    REFERENCE,
+    Cluster,
+    OperatorProcess,
+    apply,
+    running_operator,
+    served_model,
+    sh,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-LOCAL = {
-    "nodeSelector": {LOCAL_NODE_LABEL: "true"},
-    "tolerations": [{"key": LOCAL_NODE_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
-}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -74,17 +70,11 @@ def test_small_pipeline_really_runs_on_the_local_node(
     spec["tuning"].update({"trials": 2, "parallelism": 1, "pruner": "none", "algorithm": "random"})
     spec["evaluation"]["gate"] = {"metric": "accuracy", "min": 0.3}
     spec["ensemble"]["topK"] = 2
-    port = free_port()
-    spec["serving"] = {"replicas": 1, "port": port, "quantization": "none"}
-    spec["scheduling"] = LOCAL
+    spec["serving"] = {"replicas": 1, "quantization": "none"}
+    port = 8080  # the default
     assert apply(kubectl, kubeconfig, manifest).returncode == 0
 
-    def serving_or_failed() -> dict[str, Any] | None:
-        s = kube.status("tiny")
-        return s if s.get("phase") == "Failed" or (s.get("serving") or {}).get("ready") else None
-
-    status = wait_for(serving_or_failed, 420, "the pipeline to serve")
-    assert status["phase"] == "Serving", json.dumps(status, indent=1)[:3000]
+    status = kube.serving("tiny", 420)
     # Both trials and the final training really trained, and their results came back through the
     # termination messages (the only channel: the pods have no API access and no progress token).
     trials = status["trials"]
@@ -120,20 +110,10 @@ def test_small_pipeline_really_runs_on_the_local_node(
         if trial is not None:
             assert trial["value"] == pytest.approx(result["objective"]["value"]), (trial, result)
 
-    # The served model answers an Open Inference Protocol v2 request (the pod binds its own address
-    # on the shared host network; the local node reports a started container Ready without probes,
+    # The served model answers an Open Inference Protocol v2 request at the pod's own address (the
+    # local node reports a started container Ready without probes,
     # so wait until the server itself says it is ready).
-    serve = kube.core.list_namespaced_pod(namespace, label_selector=f"{LABEL_WORKLOAD}=serve").items
-    ip = next(p.status.pod_ip for p in serve if p.status.phase == "Running")
-    oip = httpclient.InferenceServerClient(url=f"{ip}:{port}", network_timeout=30)
-
-    def ready() -> bool:
-        try:
-            return bool(oip.is_model_ready("tiny"))
-        except Exception:  # connection refused while the server imports torch
-            return False
-
-    wait_for(ready, 180, "the served model to be ready")
+    oip = served_model(kube, "tiny", port)
     inputs = httpclient.InferInput("input", [2, 4], "FP32")
     inputs.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32))
     answer = oip.infer("tiny", [inputs])

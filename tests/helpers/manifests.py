@@ -23,6 +23,17 @@ def reference_document() -> dict[str, Any]:
     return document
 
 
+def validation_problems(document: dict[str, Any]) -> dict[str, str]:
+    """Message by field path of everything `conveyor validate` (the Python validation) rejects."""
+    from conveyor.operator.api.resource import ManifestError, parse
+
+    try:
+        parse(document)
+    except ManifestError as error:
+        return dict(error.problems)
+    return {}
+
+
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     """A mutation setting the dotted `path` (list indices as numbers) to `value`, or removing it (DELETE)."""
 
@@ -126,6 +137,22 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
         _set("spec.tuning.parameters.1", {"name": "training.batchSize", "type": "categorical", "values": []}),
         "spec.tuning.parameters[1].values",
         "non-empty",
+    ),
+    (
+        "float-for-integer-field",
+        _set(
+            "spec.tuning.parameters.1", {"name": "training.batchSize", "type": "float", "min": 16, "max": 128}
+        ),
+        "spec.tuning.parameters[1].type",
+        "int",
+    ),
+    (
+        "int-with-fractional-bound",
+        _set(
+            "spec.tuning.parameters.1", {"name": "training.batchSize", "type": "int", "min": 16.5, "max": 128}
+        ),
+        "spec.tuning.parameters[1].min",
+        "whole-number",
     ),
     (
         "value-the-trainer-rejects",

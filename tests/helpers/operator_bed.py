@@ -11,12 +11,14 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from conveyor.devcluster import kwok, podnet
 from tests.helpers.manifests import REFERENCE, REPO
 
 CHART = REPO / "charts" / "conveyor"
@@ -35,17 +37,48 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return result
 
 
-class OperatorProcess:
-    """`conveyor operator` as a subprocess, authenticated as the chart's ServiceAccount."""
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
-    def __init__(self, kubeconfig: Path, namespace: str, workdir: Path) -> None:
+
+def leader_election_args(namespace: str, identity: str, lease: float = 4.0) -> list[str]:
+    """`conveyor operator` flags for one replica of several: the chart's Lease (release `conveyor`),
+    with timings short enough for tests (lease, renew deadline 3/4 of it, retry 1/8)."""
+    return [
+        "--leader-elect",
+        f"--leader-election-namespace={namespace}",
+        "--leader-election-id=conveyor",
+        f"--identity={identity}",
+        f"--lease-duration={lease}",
+        f"--renew-deadline={lease * 0.75}",
+        f"--retry-period={lease / 8}",
+    ]
+
+
+class OperatorProcess:
+    """`conveyor operator` as a subprocess, authenticated as the chart's ServiceAccount. `extra`
+    flags go last (they override); `name` names its log, for several processes in one workdir."""
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        workdir: Path,
+        name: str = "operator",
+        extra: Sequence[str] = (),
+        metrics_port: int | None = None,
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
-        self.log = workdir / "operator.log"
+        self.log = workdir / f"{name}.log"
+        self.extra = list(extra)
+        self.metrics_port = metrics_port
         self.proc: subprocess.Popen[bytes] | None = None
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.progress_port: int = sock.getsockname()[1]
+        self.progress_port = free_port()
+        self.progress_host = "127.0.0.1"  # where pods reach the progress endpoint
 
     def start(self) -> None:
         argv = [
@@ -60,15 +93,16 @@ class OperatorProcess:
             "--image",
             "conveyor-trainer:e2e",
             "--metrics-port",
-            "0",
+            str(self.metrics_port or 0),
             "--health-port",
             "0",
             "--progress-url",
-            f"http://127.0.0.1:{self.progress_port}",
+            f"http://{self.progress_host}:{self.progress_port}",
             "--progress-port",
             str(self.progress_port),
             "--resync",
             "1",
+            *self.extra,
         ]
         with self.log.open("ab") as sink:
             self.proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
@@ -81,6 +115,17 @@ class OperatorProcess:
 
     def tail(self) -> str:
         return self.log.read_text()[-6000:] if self.log.exists() else ""
+
+    def metric(self, name: str) -> float:
+        """The sum of `name`'s samples on this process's /metrics (it must serve them)."""
+        assert self.metrics_port, "started without a metrics port"
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{")
+        )
 
 
 def sa_kubeconfig(kubeconfig: Path, kubectl: str, release: str, path: Path) -> Path:
@@ -118,12 +163,55 @@ def running_operator(
     process = OperatorProcess(
         sa_kubeconfig(kubeconfig, kubectl, release, tmp_path / "sa.kubeconfig"), namespace, tmp_path
     )
+    # Local-node pods live in their own network namespaces: they reach the operator on the bridge.
+    process.progress_host = podnet.host_address(kubeconfig.parent)
     process.start()
     try:
         yield process
     finally:
         process.kill()
         print(process.tail())
+
+
+def namespace_with_artifacts(core: Any, namespace: str) -> str:
+    """Create `namespace` with the artifacts claim pipelines mount (`conveyor-artifacts`, RWX)."""
+    core.create_namespace({"metadata": {"name": namespace}})
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {"name": "conveyor-artifacts"},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
+    return namespace
+
+
+def install_crd(kubectl: str, kubeconfig: Path) -> None:
+    """The generated CRD, applied and Established."""
+    base = [kubectl, "--kubeconfig", str(kubeconfig)]
+    sh(*base, "apply", "-f", str(REPO / "manifests" / "crd"))
+    sh(*base, "wait", "--for=condition=Established", "crd/trainingpipelines.conveyor.dev", "--timeout=60s")
+
+
+def served_model(kube: Cluster, model: str, port: int) -> Any:
+    """An Open Inference Protocol client of the running serving pod, once the model is ready (the local
+    node reports a started container Ready without probes; the server imports torch first)."""
+    import tritonclient.http as httpclient
+
+    from conveyor.operator.kubernetes.builders import LABEL_WORKLOAD
+
+    serve = kube.core.list_namespaced_pod(kube.namespace, label_selector=f"{LABEL_WORKLOAD}=serve").items
+    ip = next(p.status.pod_ip for p in serve if p.status.phase == "Running")
+    client = httpclient.InferenceServerClient(url=f"{ip}:{port}", network_timeout=30)
+
+    def ready() -> bool:
+        try:
+            return bool(client.is_model_ready(model))
+        except Exception:  # connection refused while the server starts
+            return False
+
+    kube.wait_for(ready, 180, "the served model to be ready")
+    return client
 
 
 def pipeline_manifest(name: str, namespace: str, **changes: Any) -> dict[str, Any]:
@@ -133,7 +221,9 @@ def pipeline_manifest(name: str, namespace: str, **changes: Any) -> dict[str, An
     spec["tuning"].update({"trials": 4, "parallelism": 2, "pruner": "none"})
     spec["resources"].update({"workers": 2, "gpu": 1, "processesPerWorker": 1})
     spec["serving"]["replicas"] = 1
-    spec["scheduling"] = {"annotations": {SIM_DELAY: "1h"}}
+    # Simulated pods: on the KWOK nodes even where a stage asks for no GPU (those go to the local
+    # node by default, where pods really run).
+    spec["scheduling"] = {"annotations": {SIM_DELAY: "1h"}, **kwok.SIMULATED}
     for key, value in changes.items():
         if value is None:
             spec.pop(key, None)
@@ -169,6 +259,17 @@ class Cluster:
             lambda: (lambda s: s if check(s) else None)(self.status(name)), TIMEOUT, what
         )
         return result
+
+    def serving(self, name: str, timeout: float) -> dict[str, Any]:
+        """The status once the pipeline serves (fails the test, with the status, if it failed)."""
+
+        def serving_or_failed() -> dict[str, Any] | None:
+            s = self.status(name)
+            return s if s.get("phase") == "Failed" or (s.get("serving") or {}).get("ready") else None
+
+        status: dict[str, Any] = self.wait_for(serving_or_failed, timeout, f"{name} to serve")
+        assert status["phase"] == "Serving", json.dumps(status, indent=1)[:3000]
+        return status
 
     def job(self, name: str) -> dict[str, Any]:
         return self.batch.api_client.sanitize_for_serialization(
@@ -257,9 +358,12 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env") or []}
 
 
-def apply(kubectl: str, kubeconfig: Path, manifest: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+def apply(
+    kubectl: str, kubeconfig: Path, manifest: dict[str, Any], verb: str = "apply"
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl apply` (or `create`) of `manifest`; the result, whatever it is."""
     return subprocess.run(
-        [kubectl, "--kubeconfig", str(kubeconfig), "apply", "-f", "-"],
+        [kubectl, "--kubeconfig", str(kubeconfig), verb, "-f", "-"],
         input=yaml.safe_dump(manifest),
         capture_output=True,
         text=True,

@@ -1,4 +1,5 @@
-"""Processes in tests: a stand-in for `python`, and waiting for stopped processes to be gone.
+"""Processes in tests: a stand-in for `python` (or for the trainer in warm workers), and waiting for
+stopped processes to be gone.
 
 Stopping a workload signals its whole process group but waits only for the group's leader, so the
 other members exit a moment later; tests poll for that (bounded) instead of sleeping a fixed time.
@@ -13,6 +14,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import psutil
+import pytest
+
+from conveyor.operator.executors.forkserver import ForkServer
+from conveyor.operator.executors.local import LocalExecutor
 
 T = TypeVar("T")
 
@@ -39,3 +44,14 @@ def fake_python(tmp_path: Path, body: str) -> str:
     script.write_text(f"#!/bin/sh\n{body}\n")
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return str(script)
+
+
+def stand_in_executor(
+    launch: str, root: Path, script: str, forkserver: ForkServer, monkeypatch: pytest.MonkeyPatch
+) -> LocalExecutor:
+    """A local executor whose workloads run `script` (from `fake_python`) instead of the trainer:
+    cold, as the interpreter it starts; warm, as what the fork server's children become."""
+    if launch == "cold":
+        return LocalExecutor(root, python=script)
+    monkeypatch.setenv("CONVEYOR_TEST_TRAINER", script)
+    return LocalExecutor(root, warm=True, trainer_module="tests.helpers.shell_trainer", forkserver=forkserver)

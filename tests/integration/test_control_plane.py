@@ -163,7 +163,7 @@ def test_deployment_becomes_available(k8s_api: Any, namespace: str) -> None:
                 "selector": {"matchLabels": labels},
                 "template": {
                     "metadata": {"labels": labels},
-                    "spec": {"containers": [{"name": "web", "image": "nginx"}]},
+                    "spec": {**kwok.SIMULATED, "containers": [{"name": "web", "image": "nginx"}]},
                 },
             },
         },
@@ -332,10 +332,7 @@ def test_scheduler_leaves_oversized_pod_pending(k8s_api: Any, namespace: str) ->
 
 # ---- the local node: pods really run ------------------------------------------------------------
 
-LOCAL = {
-    "nodeSelector": {LOCAL_NODE_LABEL: "true"},
-    "tolerations": [{"key": LOCAL_NODE_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
-}
+LOCAL = {"nodeSelector": {LOCAL_NODE_LABEL: "true"}}
 
 SERVER = """
 import http.server, os, sys
@@ -433,7 +430,7 @@ def test_local_node_runs_pods_with_dns_env_and_shared_pvc(k8s_api: Any, namespac
     report = json.loads(term.message)
     srv = core.read_namespaced_pod("srv", namespace)
     assert report["POD_NAME"] == "client" and report["NS"] == namespace and report["NODE"] == LOCAL_NODE
-    assert report["POD_IP"] == client_pod.status.pod_ip and report["POD_IP"].startswith("127.")
+    assert report["POD_IP"] == client_pod.status.pod_ip != srv.status.pod_ip
     assert report["NOTE"] == "from-annotation" and report["GREETING"] == "hello world"
     assert report["peer_ip"] == srv.status.pod_ip and report["peer_said"] == "srv"
     assert report["hostname"] == "client" and report["cwd"] == "/data"
@@ -484,7 +481,22 @@ for _ in range(100):
         time.sleep(0.1)
 with open(f"/data/shared/rank-{index}", "w") as f:
     f.write(f"{socket.gethostname()} {addr}")
+for _ in range(600):  # rank 0 stays until rank 1 found it (a finished pod leaves the hosts file)
+    if os.path.exists("/data/shared/rank-1"):
+        break
+    time.sleep(0.1)
 """
+
+
+def indexed_job(name: str, template: dict[str, Any]) -> dict[str, Any]:
+    """The distributed-training shape: an Indexed Job of 2 pods, failing at the first failure."""
+    spec = {"completionMode": "Indexed", "completions": 2, "parallelism": 2, "backoffLimit": 0}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {**spec, "template": template},
+    }
 
 
 def test_local_indexed_job_ranks_find_rank0(k8s_api: Any, namespace: str) -> None:
@@ -505,21 +517,7 @@ def test_local_indexed_job_ranks_find_rank0(k8s_api: Any, namespace: str) -> Non
     template = local_pod("unused", WORKER)
     template["spec"]["subdomain"] = "workers"
     template["metadata"] = {"annotations": {"conveyor.dev/note": "x"}}
-    batch.create_namespaced_job(
-        namespace,
-        {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": {"name": "indexed"},
-            "spec": {
-                "completionMode": "Indexed",
-                "completions": 2,
-                "parallelism": 2,
-                "backoffLimit": 0,
-                "template": template,
-            },
-        },
-    )
+    batch.create_namespaced_job(namespace, indexed_job("indexed", template))
     wait_for(lambda: job_condition(batch, "indexed", namespace, "Complete"), 240, "Indexed Job Complete")
     pvc = core.read_namespaced_persistent_volume_claim("shared", namespace)
     root = Path(core.read_persistent_volume(pvc.spec.volume_name).spec.host_path.path)
@@ -591,3 +589,119 @@ def test_local_pod_with_tmp_emptydir_still_mounts_sources_under_tmp(
     assert (root / "out.txt").read_text() == "via the claim"
     assert (cache / "out.txt").read_text() == "via hostPath"
     assert not Path("/tmp/scratch").exists()
+
+
+# ---- default placement and per-pod networks ------------------------------------------------------
+
+
+def test_cpu_pods_land_on_the_local_node_and_gpu_pods_on_the_gpu_nodes(k8s_api: Any, namespace: str) -> None:
+    """As on a real cluster with tainted GPU nodes: no nodeSelector, no toleration in either pod; the API
+    server's ExtendedResourceToleration admission adds the GPU toleration to the pod asking for one."""
+    core: Any = client.CoreV1Api(k8s_api)
+    cpu = {"name": "c", "image": "x", "command": ["python", "-c", "pass"]}
+    gpu = {"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": "1"}}}
+    for name, container in (("cpu", cpu), ("gpu", gpu)):
+        core.create_namespaced_pod(
+            namespace,
+            {"metadata": {"name": name}, "spec": {"restartPolicy": "Never", "containers": [container]}},
+        )
+
+    def node_of(name: str) -> str | None:
+        return core.read_namespaced_pod(name, namespace).spec.node_name
+
+    assert wait_for(lambda: node_of("cpu"), 30, "cpu pod scheduled") == LOCAL_NODE
+    assert wait_for(lambda: node_of("gpu"), 30, "gpu pod scheduled").startswith("gpu-node-")
+    tolerations = core.read_namespaced_pod("gpu", namespace).spec.tolerations
+    assert any(t.key == "nvidia.com/gpu" and t.operator == "Exists" for t in tolerations)
+    wait_for(
+        lambda: core.read_namespaced_pod("cpu", namespace).status.phase == "Succeeded", 60, "cpu pod ran"
+    )
+
+
+RENDEZVOUS = """
+import os, socket, time
+index, job = os.environ["JOB_COMPLETION_INDEX"], os.environ["JOB"]
+if index == "0":  # rank 0 holds the rendezvous port on every interface, like torchrun's TCPStore
+    server = socket.create_server(("0.0.0.0", 29500))
+    conn, _ = server.accept()
+    conn.sendall(job.encode())
+    conn.recv(1)  # stay until rank 1 has read the answer
+    time.sleep(1)  # and a little longer, as torchelastic's exit barrier does
+else:
+    peer = f"{job}-0.{job}.{os.environ['NS']}.svc.cluster.local"
+    for _ in range(200):
+        try:
+            conn = socket.create_connection((peer, 29500), timeout=2)
+            break
+        except OSError:
+            time.sleep(0.1)
+    heard = conn.recv(100).decode()
+    conn.sendall(b"k")
+    open("/dev/termination-log", "w").write(heard)
+"""
+
+
+def test_concurrent_two_worker_jobs_each_own_port_29500(k8s_api: Any, namespace: str) -> None:
+    """Two 2-worker jobs at once on the local node, each rank 0 binding 0.0.0.0:29500: every pod has
+    its own network namespace and address, so nothing collides and each rank 1 reaches its own rank 0."""
+    core: Any = client.CoreV1Api(k8s_api)
+    batch: Any = client.BatchV1Api(k8s_api)
+    for name in ("ring-a", "ring-b"):
+        core.create_namespaced_service(
+            namespace,
+            {"metadata": {"name": name}, "spec": {"clusterIP": "None", "selector": {"job-name": name}}},
+        )
+        env = [
+            {"name": "JOB", "value": name},
+            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ]
+        container = {"name": "main", "image": "x", "command": ["python", "-c", RENDEZVOUS], "env": env}
+        template = {"spec": {"restartPolicy": "Never", "subdomain": name, "containers": [container]}}
+        batch.create_namespaced_job(namespace, indexed_job(name, template))
+    for name in ("ring-a", "ring-b"):
+        wait_for(
+            lambda n=name: (
+                job_condition(batch, n, namespace, "Complete") or job_condition(batch, n, namespace, "Failed")
+            ),
+            120,
+            f"Job {name} finished",
+        )
+        assert job_condition(batch, name, namespace, "Complete"), batch.read_namespaced_job(
+            name, namespace
+        ).status
+    pods = core.list_namespaced_pod(namespace).items
+    assert {p.spec.node_name for p in pods} == {LOCAL_NODE}
+    assert len({p.status.pod_ip for p in pods}) == 4
+    for pod in pods:
+        if pod.metadata.annotations["batch.kubernetes.io/job-completion-index"] == "1":
+            heard = pod.status.container_statuses[0].state.terminated.message
+            assert heard == pod.metadata.labels["job-name"]
+
+
+SERVE_ANY = """
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(os.environ["POD_NAME"].encode())
+http.server.HTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"""
+
+
+def test_replicas_serve_the_same_port_and_the_test_process_reaches_each(k8s_api: Any, namespace: str) -> None:
+    core: Any = client.CoreV1Api(k8s_api)
+    env = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    for name in ("replica-a", "replica-b"):
+        container = {"name": "s", "image": "x", "command": ["python", "-c", SERVE_ANY], "env": env}
+        core.create_namespaced_pod(
+            namespace, {"metadata": {"name": name}, "spec": {"containers": [container]}}
+        )
+
+    def answer(name: str) -> str | None:
+        ip = core.read_namespaced_pod(name, namespace).status.pod_ip
+        with socket.create_connection((ip, 8080), timeout=2) as conn:
+            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            reply = b"".join(iter(lambda: conn.recv(4096), b""))  # until the server closes
+        return reply.decode().rsplit("\r\n", 1)[-1] or None
+
+    for name in ("replica-a", "replica-b"):
+        assert wait_for(lambda n=name: answer(n), 60, f"{name} answering on 8080") == name

@@ -5,7 +5,6 @@ status the first one decided (operator.py, "New pipelines first")."""
 from __future__ import annotations
 
 import copy
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from conveyor.devcluster import kwok
 from conveyor.operator.api import GROUP, PLURAL, VERSION
 from conveyor.operator.kubernetes.executor import Api
 from conveyor.operator.kubernetes.operator import (
@@ -22,6 +22,7 @@ from conveyor.operator.kubernetes.operator import (
     api_client,
     reflects_spec,
 )
+from tests.helpers.operator_bed import install_crd
 
 pytestmark = pytest.mark.cluster
 
@@ -30,13 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def crd(kubectl: str, kubeconfig: Path) -> None:
-    base = [kubectl, "--kubeconfig", str(kubeconfig)]
-    subprocess.run([*base, "apply", "-f", str(REPO / "manifests" / "crd")], check=True, capture_output=True)
-    subprocess.run(
-        [*base, "wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s"],
-        check=True,
-        capture_output=True,
-    )
+    install_crd(kubectl, kubeconfig)
 
 
 def controller(kubeconfig: Path, namespace: str) -> Controller:
@@ -51,7 +46,7 @@ def test_first_step_creates_the_job_then_the_next_writes_status(
     manifest = yaml.safe_load((REPO / "manifests" / "examples" / "digits.yaml").read_text())
     body = copy.deepcopy(manifest)
     body["metadata"] = {"name": "first", "namespace": namespace}
-    body["spec"]["scheduling"] = {"annotations": {"conveyor.dev/sim-delay": "1h"}}
+    body["spec"]["scheduling"] = {"annotations": {"conveyor.dev/sim-delay": "1h"}, **kwok.SIMULATED}
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     key = (namespace, "first")
 

@@ -214,3 +214,29 @@ def test_serving_is_ready_only_for_the_model_status_asks_for(
     serving = ServingStatus(model="ensemble", url="http://old")
     absorb_serving(serving, seen)
     assert (serving.ready, serving.url) == (ready, url)
+
+
+def test_a_stuck_start_says_why_once_and_is_forgotten_once_running() -> None:
+    spec = make_spec(tuning=small_tuning())
+    train = WorkloadStatus(name="train", stage="train", state="Pending", attempt=1, reason="Restarted")
+    stuck = WorkloadObservation("pending", attempt=1, reason="ImagePullBackOff", message="pull access denied")
+
+    def step(seen: WorkloadObservation) -> list[str]:
+        ctx = Context(spec, PipelineStatus(workloads=[train]), Observations({"train": seen}), T0, None)
+        absorb(ctx)
+        return [f"{a.type} {a.reason}: {a.message}" for a in ctx.decision().of(Emit)]
+
+    assert step(stuck) == [
+        "Warning NotStarting: train (attempt 1) is not starting: ImagePullBackOff: pull access denied"
+    ]
+    assert (train.state, train.reason, train.message) == (
+        "Pending", "NotStarting", "ImagePullBackOff: pull access denied"
+    )
+    assert step(stuck) == []  # the same cause: said once
+    assert step(WorkloadObservation("pending", attempt=1)) == []  # no cause reported: status keeps it
+    assert train.reason == "NotStarting"
+    assert step(WorkloadObservation("pending", attempt=1, reason="CreateContainerConfigError")) == [
+        "Warning NotStarting: train (attempt 1) is not starting: CreateContainerConfigError"
+    ]
+    assert step(WorkloadObservation("running", attempt=1)) == []
+    assert (train.state, train.reason, train.message) == ("Running", None, None)

@@ -1,6 +1,7 @@
 """One fate of a workload, two executors, one decision.
 
-Each scenario happens once to real (tiny) local processes, observed by the local executor, and once
+Each scenario happens once to real (tiny) local processes, observed by the local executor (which
+starts them cold and warm), and once
 as the Jobs and Pods the Kubernetes API lists, observed by the Kubernetes executor's pure observation
 path; the engine then reconciles each observation from the same status. Executors report facts only,
 so both must end in the same record (state, reason, attempt, failures or values), the same starts and
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +41,7 @@ from conveyor.operator.engine import (
     workload_for,
 )
 from conveyor.operator.engine.workload_kinds import KINDS
+from conveyor.operator.executors.forkserver import ForkServer
 from conveyor.operator.executors.local import LocalExecutor
 from conveyor.operator.executors.protocol import carry_out
 from conveyor.operator.kubernetes import builders
@@ -47,7 +51,7 @@ from conveyor.trainer.artifacts import WORKLOAD_DIRS, workload_dir
 from conveyor.trainer.config import ServingSpec
 from tests.helpers.kubernetes_objects import done, pod
 from tests.helpers.manifests import reference_document
-from tests.helpers.processes import fake_python
+from tests.helpers.processes import fake_python, stand_in_executor
 
 T0 = datetime(2026, 11, 30, 4, 0, tzinfo=UTC)
 PIPELINE = "digits"
@@ -144,7 +148,7 @@ SCENARIOS: dict[str, tuple[Scenario, tuple[str, str | None]]] = {
     "a trial finished without a result": (  # its per-epoch values are no verdict
         Scenario(
             "trial-0000",
-            (f"mkdir -p \"$OUT\" && {write_epochs()}; exit 0", "exit 0"),
+            (f'mkdir -p "$OUT" && {write_epochs()}; exit 0', "exit 0"),
             (("Complete", ""),),
             (pod(0, "Succeeded", done(0)), pod(1, "Succeeded", done(0))),
             epochs=True,
@@ -172,11 +176,13 @@ def running(spec: TrainingPipelineSpec, workload: str) -> PipelineStatus:
     return status
 
 
-def observed_locally(tmp_path: Path, scenario: Scenario, workload: Workload) -> WorkloadObservation:
+def observed_locally(
+    tmp_path: Path, scenario: Scenario, workload: Workload, executor_for: Callable[[Path, str], LocalExecutor]
+) -> WorkloadObservation:
     root = tmp_path / "run"
     rank0, rank1 = scenario.ranks or ("exit 0", "exit 0")
     body = f'OUT="{root / workload.out}"\nif [ "$PET_NODE_RANK" = 0 ]; then {rank0}; else {rank1}; fi'
-    executor = LocalExecutor(root, python=fake_python(tmp_path, body))
+    executor = executor_for(root, fake_python(tmp_path, body))
     if scenario.ranks is not None:
         executor.start(workload)
     key = [(workload.name, workload.attempt)]
@@ -228,15 +234,32 @@ def outcome(decision: Decision, name: str) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(scope="module")
+def forkserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
+    server = ForkServer(sys.executable, tmp_path_factory.mktemp("forkserver"))
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("launch", ["cold", "warm"])
 @pytest.mark.parametrize("case", list(SCENARIOS))
-def test_both_executors_lead_to_the_same_decision(tmp_path: Path, case: str) -> None:
+def test_both_executors_lead_to_the_same_decision(
+    tmp_path: Path, case: str, launch: str, forkserver: ForkServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Locally both ways of starting processes: fresh interpreters (cold) and forks of the fork server."""
     scenario, (state, reason) = SCENARIOS[case]
     spec = spec_for(scenario.workload)
     status = running(spec, scenario.workload)
     workload = workload_for(spec, status, scenario.workload, 0)
     now = T0 + timedelta(minutes=30)
 
-    seen = [observed_locally(tmp_path, scenario, workload), observed_on_kubernetes(scenario, workload)]
+    def executor_for(root: Path, script: str) -> LocalExecutor:
+        return stand_in_executor(launch, root, script, forkserver, monkeypatch)
+
+    seen = [
+        observed_locally(tmp_path, scenario, workload, executor_for),
+        observed_on_kubernetes(scenario, workload),
+    ]
     local, kubernetes = (
         outcome(reconcile(spec, status, Observations({workload.name: s}), now), workload.name) for s in seen
     )

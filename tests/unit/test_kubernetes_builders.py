@@ -138,6 +138,7 @@ def test_pod_is_restricted_and_has_no_api_token() -> None:
         ctx = container["securityContext"]
         assert ctx["allowPrivilegeEscalation"] is False
         assert ctx["capabilities"] == {"drop": ["ALL"]}
+        assert ctx["readOnlyRootFilesystem"] is True  # writes go to /tmp and the artifacts volume
         assert container["terminationMessagePolicy"] == "File"
         token = next(v for v in pod["volumes"] if v["name"] == "conveyor-token")
         assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "conveyor.dev"
@@ -168,19 +169,44 @@ def test_pod_failure_policy() -> None:
     [
         ("pvc://conveyor-artifacts", "conveyor-artifacts", None),
         ("pvc://shared/teams/a/", "shared", "teams/a"),
-        (None, None, None),
+        (None, "digits-artifacts", None),  # provisioned by the operator, never a per-pod emptyDir
     ],
 )
-def test_storage(uri: str | None, claim: str | None, sub_path: str | None) -> None:
+def test_storage(uri: str | None, claim: str, sub_path: str | None) -> None:
     store = b.storage(owner({"storage": {"uri": uri} if uri else {}}))
     assert store.root == "/artifacts/digits"
     (volume,), (mount,) = store.volumes, store.mounts
     assert mount["name"] == volume["name"] and mount["mountPath"] == "/artifacts"
     assert mount.get("subPath") == sub_path
-    if claim:
-        assert volume["persistentVolumeClaim"] == {"claimName": claim}
-    else:
-        assert volume["emptyDir"] == {}
+    assert volume["persistentVolumeClaim"] == {"claimName": claim}
+
+
+@pytest.mark.parametrize(
+    ("changes", "mode"),
+    [
+        ({"resources": {"workers": 1}, "tuning": None, "ensemble": None, "serving": None}, "ReadWriteOnce"),
+        ({"resources": {"workers": 2}, "tuning": None, "ensemble": None, "serving": None}, "ReadWriteMany"),
+        (
+            {
+                "resources": {"workers": 1},
+                "tuning": {
+                    "trials": 4,
+                    "parallelism": 2,
+                    "parameters": [{"name": "model.dropout", "type": "float", "min": 0.0, "max": 0.5}],
+                },
+            },
+            "ReadWriteMany",
+        ),
+    ],
+)
+def test_artifacts_claim_is_provisioned_only_without_a_uri(changes: dict[str, Any], mode: str) -> None:
+    assert b.artifacts_claim(owner({"storage": {"uri": "pvc://mine"}})) is None
+    claim = b.artifacts_claim(owner({"storage": {}, **changes}))
+    assert claim is not None
+    assert claim["kind"] == "PersistentVolumeClaim" and claim["metadata"]["name"] == "digits-artifacts"
+    assert claim["metadata"]["ownerReferences"][0]["kind"] == "TrainingPipeline"
+    assert claim["spec"]["accessModes"] == [mode]
+    assert claim["spec"]["resources"]["requests"]["storage"] == b.PROVISIONED_SIZE
 
 
 def pod_of(job: dict[str, Any]) -> dict[str, Any]:
@@ -333,6 +359,7 @@ def test_serving_objects(serving: ServingSpec, kinds: list[str], replicas: int |
     assert deployment["spec"].get("replicas") == replicas
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert "/artifacts/digits/ensemble" in container["args"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= (
         deployment["spec"]["template"]["metadata"]["labels"].items()
@@ -341,3 +368,13 @@ def test_serving_objects(serving: ServingSpec, kinds: list[str], replicas: int |
     assert b.serving_url(owner(), serving) == "http://digits-serve.ml.svc:8080"
     if len(objects) == 3:
         assert objects[2]["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+
+
+@pytest.mark.parametrize(("uri", "root"), [(None, "pvc://digits-artifacts"), ("pvc://mine/a", None)])
+def test_status_names_the_provisioned_claim(uri: str | None, root: str | None) -> None:
+    from conveyor.operator.api.status import ArtifactsStatus, PipelineStatus
+
+    spec = spec_from({"storage": {"uri": uri} if uri else {}})
+    status = PipelineStatus(artifacts=ArtifactsStatus(root=None, data="data"))
+    b.note_provisioned_storage(status, spec, "digits")
+    assert status.artifacts is not None and status.artifacts.root == root

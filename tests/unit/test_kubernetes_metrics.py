@@ -1,5 +1,5 @@
 """The operator's Prometheus gauges follow each pipeline's latest status, also when reconciles record
-from many threads at once."""
+from many threads at once; training throughput follows the pods' epoch events."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from conveyor.operator.api.status import (
     TrialState,
     TrialStatus,
 )
+from conveyor.operator.kubernetes.builders import label_value
 from conveyor.operator.kubernetes.metrics import Metrics
+from conveyor.operator.kubernetes.statusserver import ProgressStore
 
 
 def status(phase: str, *trial_states: str) -> PipelineStatus:
@@ -84,3 +86,54 @@ def test_concurrent_records_keep_the_gauges_consistent() -> None:
     assert gauge(metrics, "conveyor_pipelines", "phase", "Serving") == len(keys)
     assert gauge(metrics, "conveyor_pipelines", "phase", "Tuning") == 0
     assert gauge(metrics, "conveyor_trials", "state", "Running") == len(keys)
+
+
+def rate(metrics: Metrics, workload: str, pipeline: str = "a") -> float | None:
+    labels = {"namespace": "ns", "pipeline": pipeline, "workload": workload}
+    return metrics.registry.get_sample_value("conveyor_training_samples_per_second", labels)
+
+
+def test_throughput_follows_the_epoch_events_of_active_workloads_only() -> None:
+    """Pods' epoch events reach the gauge through the progress store (as the operator wires them); a
+    workload's series goes when its trial is no longer active, and never comes back for a late event."""
+    metrics = Metrics()
+    store = ProgressStore(measure=metrics.epoch)
+
+    def epoch(workload: str, number: int, samples: float | None) -> None:
+        event: dict[str, object] = {"event": "epoch", "epoch": number, "metrics": {}}
+        if samples is not None:
+            event["samplesPerSecond"] = samples
+        store.add(("ns", "a", workload, 0), event)
+
+    epoch("trial-0000", 1, 900.0)  # before any status: not a workload the operator runs
+    assert rate(metrics, "trial-0000") is None
+    metrics.record(("ns", "a"), None, status("Tuning", "Running", "Running"))
+    epoch("trial-0000", 1, 900.0)
+    epoch("trial-0000", 2, 1100.5)
+    epoch("trial-0001", 1, 800.0)
+    epoch("trial-0001", 2, None)  # an event without throughput keeps the last value
+    assert rate(metrics, "trial-0000") == 1100.5
+    assert rate(metrics, "trial-0001") == 800.0
+    assert metrics.registry.get_sample_value("conveyor_training_epochs_total") == 5
+
+    metrics.record(("ns", "a"), None, status("Tuning", "Pruned", "Running"))
+    assert rate(metrics, "trial-0000") is None
+    assert rate(metrics, "trial-0001") == 800.0
+    epoch("trial-0000", 3, 1000.0)  # late: the trial was pruned
+    assert rate(metrics, "trial-0000") is None
+
+    metrics.record(("ns", "a"), None, None)  # the pipeline was deleted
+    assert rate(metrics, "trial-0001") is None
+    epoch("trial-0001", 3, 700.0)
+    assert rate(metrics, "trial-0001") is None
+
+
+def test_throughput_series_use_the_pods_pipeline_label() -> None:
+    """Pods carry the pipeline's label value, which is shortened for names over 63 characters."""
+    metrics = Metrics()
+    name = "x" * 80
+    metrics.record(("ns", name), None, status("Tuning", "Running"))
+    metrics.epoch("ns", label_value(name), "trial-0000", 500.0)
+    assert rate(metrics, "trial-0000", label_value(name)) == 500.0
+    metrics.record(("ns", name), None, None)
+    assert rate(metrics, "trial-0000", label_value(name)) is None

@@ -1,19 +1,49 @@
-"""The local executor's bookkeeping with real (tiny) processes: the facts it reports for workloads it
-runs and for workloads a previous run left behind, and that stopping takes the whole process tree down.
-What the facts mean is the engine's (tests/unit/test_executor_protocol.py)."""
+"""The local executor's bookkeeping with real (tiny) processes, started cold (fresh interpreters) and
+warm (forked by the fork server): the facts it reports for workloads it runs and for workloads a
+previous run left behind, that stopping takes the whole process tree down, that warm processes get the
+environment torchrun would give them, and that nothing a fork server started outlives it. What the
+facts mean is the engine's (tests/unit/test_executor_protocol.py)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from conveyor.operator.engine.actions import StartWorkload, StopWorkload
 from conveyor.operator.engine.observations import WorkloadObservation
-from conveyor.operator.executors.local import LocalExecutor
+from conveyor.operator.executors.forkserver import ForkServer
+from conveyor.operator.executors.local import LocalExecutor, torchrun_process_env
 from conveyor.operator.executors.protocol import carry_out
-from conveyor.operator.workloads import Workload
-from tests.helpers.processes import alive, fake_python, leftovers
+from conveyor.operator.workloads import TORCHRUN_PROCESS_ENV, Workload
+from tests.helpers.processes import alive, fake_python, leftovers, stand_in_executor
+
+Make = Callable[[Path, str], LocalExecutor]
+
+
+@pytest.fixture(scope="module")
+def forkserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
+    server = ForkServer(sys.executable, tmp_path_factory.mktemp("forkserver"))
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["cold", "warm"])
+def make(
+    request: pytest.FixtureRequest, forkserver: ForkServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Make:
+    """An executor rooted at the given directory whose workloads run the given shell body."""
+
+    def executor(root: Path, body: str) -> LocalExecutor:
+        return stand_in_executor(request.param, root, fake_python(tmp_path, body), forkserver, monkeypatch)
+
+    return executor
 
 
 def trial(attempt: int = 0, workers: int = 2) -> Workload:
@@ -42,9 +72,9 @@ def wait_until_done(executor: LocalExecutor, workload: Workload) -> str:
     raise AssertionError("workload never finished")
 
 
-def test_one_process_per_worker_and_success_needs_every_worker(tmp_path: Path) -> None:
+def test_one_process_per_worker_and_success_needs_every_worker(tmp_path: Path, make: Make) -> None:
     root = tmp_path / "run"
-    executor = LocalExecutor(root, python=fake_python(tmp_path, 'echo "$PET_NODE_RANK $WORLD_SIZE"'))
+    executor = make(root, 'echo "$PET_NODE_RANK $WORLD_SIZE"')
     workload = trial(workers=3)
     carry_out(executor, [StartWorkload(workload)])
     assert len(executor.jobs["trial-0001"].processes) == 3
@@ -53,9 +83,9 @@ def test_one_process_per_worker_and_success_needs_every_worker(tmp_path: Path) -
     assert sorted(line for line in log if line) == ["0 3", "1 3", "2 3"]
 
 
-def test_a_failing_worker_fails_the_workload_with_its_log(tmp_path: Path) -> None:
+def test_a_failing_worker_fails_the_workload_with_its_log(tmp_path: Path, make: Make) -> None:
     body = 'if [ "$PET_NODE_RANK" = 1 ]; then echo "boom on rank 1"; exit 3; fi'
-    executor = LocalExecutor(tmp_path / "run", python=fake_python(tmp_path, body))
+    executor = make(tmp_path / "run", body)
     workload = trial()
     carry_out(executor, [StartWorkload(workload)])
     assert wait_until_done(executor, workload) == "failed"
@@ -64,8 +94,8 @@ def test_a_failing_worker_fails_the_workload_with_its_log(tmp_path: Path) -> Non
     assert seen.message is not None and "boom on rank 1" in seen.message and "3" in seen.message
 
 
-def test_a_start_for_the_running_attempt_is_a_no_op(tmp_path: Path) -> None:
-    executor = LocalExecutor(tmp_path / "run", python=fake_python(tmp_path, "sleep 30"))
+def test_a_start_for_the_running_attempt_is_a_no_op(tmp_path: Path, make: Make) -> None:
+    executor = make(tmp_path / "run", "sleep 30")
     workload = trial()
     carry_out(executor, [StartWorkload(workload)])
     first = [p.pid for p in executor.jobs["trial-0001"].processes]
@@ -74,10 +104,10 @@ def test_a_start_for_the_running_attempt_is_a_no_op(tmp_path: Path) -> None:
     executor.shutdown()
 
 
-def test_stop_takes_down_the_process_tree(tmp_path: Path) -> None:
+def test_stop_takes_down_the_process_tree(tmp_path: Path, make: Make) -> None:
     # The worker forks a grandchild (as torchrun does); stopping must reach it too.
     body = f"sleep 60 & echo $! > {tmp_path}/grandchild.$PET_NODE_RANK; wait"
-    executor = LocalExecutor(tmp_path / "run", python=fake_python(tmp_path, body))
+    executor = make(tmp_path / "run", body)
     workload = trial()
     carry_out(executor, [StartWorkload(workload)])
     deadline = time.monotonic() + 10
@@ -106,9 +136,9 @@ def test_after_a_restart_a_finished_workload_reports_its_result_and_an_unfinishe
     assert observe(executor, trial(attempt=1)).result is None
 
 
-def test_starting_an_attempt_discards_an_older_attempts_result(tmp_path: Path) -> None:
+def test_starting_an_attempt_discards_an_older_attempts_result(tmp_path: Path, make: Make) -> None:
     root = tmp_path / "run"
-    executor = LocalExecutor(root, python=fake_python(tmp_path, "sleep 30"))
+    executor = make(root, "sleep 30")
     write_result(root, trial(), status="failed", attempt=0, reason="Boom")
     carry_out(executor, [StartWorkload(trial(attempt=1))])
     assert not (root / "trials" / "trial-0001" / "result.json").exists()
@@ -121,3 +151,63 @@ def test_serving_is_observed_only_when_asked_and_nothing_served_says_so(tmp_path
     assert executor.observe([], serving=False).serving is None
     nothing = executor.observe([], serving=True).serving
     assert nothing is not None and (nothing.ready, nothing.model) == (False, None)
+
+
+def test_warm_processes_get_what_torchrun_would_set_for_each_of_them(
+    tmp_path: Path, forkserver: ForkServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    line = "$RANK $LOCAL_RANK $LOCAL_WORLD_SIZE $WORLD_SIZE $PET_NODE_RANK"
+    line += " $TORCHELASTIC_RUN_ID $CONVEYOR_WORKLOAD"
+    script = fake_python(tmp_path, f'echo "{line}" >> {tmp_path}/ranks')
+    executor = stand_in_executor("warm", tmp_path / "run", script, forkserver, monkeypatch)
+    workload = Workload(
+        "trial-0001",
+        "tune",
+        "train",
+        "trials/trial-0001",
+        distributed=True,
+        workers=2,
+        processes_per_worker=2,
+    )
+    carry_out(executor, [StartWorkload(workload)])
+    assert wait_until_done(executor, workload) == "succeeded"
+    assert sorted((tmp_path / "ranks").read_text().splitlines()) == [
+        "0 0 2 4 0 trial-0001-0 trial-0001",
+        "1 1 2 4 0 trial-0001-0 trial-0001",
+        "2 0 2 4 1 trial-0001-0 trial-0001",
+        "3 1 2 4 1 trial-0001-0 trial-0001",
+    ]
+
+
+@pytest.mark.parametrize(("workers", "per_worker"), [(1, 1), (2, 1), (1, 3), (3, 2)])
+def test_torchrun_process_env_numbers_ranks_as_torchrun_does(workers: int, per_worker: int) -> None:
+    workload = Workload(
+        "train", "train", "train", "model", distributed=True, workers=workers, processes_per_worker=per_worker
+    )
+    envs = [torchrun_process_env(workload, n, local) for n in range(workers) for local in range(per_worker)]
+    assert [int(env["RANK"]) for env in envs] == list(range(workers * per_worker))
+    for env in envs:
+        assert set(TORCHRUN_PROCESS_ENV) <= set(env)
+        assert int(env["LOCAL_RANK"]) < int(env["LOCAL_WORLD_SIZE"]) == per_worker
+        assert env["TORCHELASTIC_USE_AGENT_STORE"] == "False"  # rank 0 hosts the store
+
+
+def test_the_fork_server_forks_from_one_thread_and_takes_its_children_along(tmp_path: Path) -> None:
+    server = ForkServer(sys.executable, tmp_path / "run")
+    process = server.ensure_started()
+    try:
+        assert len(os.listdir(f"/proc/{process.pid}/task")) == 1  # no thread pool to inherit half-locked
+        script = fake_python(tmp_path, f"sleep 60 & echo $! > {tmp_path}/grandchild; wait")
+        env = {**os.environ, "CONVEYOR_TEST_TRAINER": script}
+        child = server.spawn("tests.helpers.shell_trainer", [], env, tmp_path / "child.log")
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "grandchild").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        grandchild = int((tmp_path / "grandchild").read_text())
+        assert child.poll() is None and alive(grandchild)
+        # Killed outright (as when `conveyor run` is): its child dies with it, and reports so.
+        os.kill(process.pid, signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+        assert leftovers(lambda: [pid for pid in (child.pid, grandchild) if alive(pid)], timeout=10) == []
+    finally:
+        server.close()

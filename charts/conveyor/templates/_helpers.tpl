@@ -58,6 +58,9 @@ app.kubernetes.io/component: operator
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
+  resources: ["persistentvolumeclaims"]  # the artifacts claim of a pipeline without storage.uri
+  verbs: ["get", "create", "patch"]
+- apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end -}}

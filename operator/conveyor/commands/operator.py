@@ -1,13 +1,20 @@
 """`conveyor operator`: run the Kubernetes operator against the current kubeconfig (or in-cluster).
 
 This is exactly what the Helm chart's Deployment runs. Cluster-wide by default; `--namespace` (once or
-more) watches only those namespaces, which the chart's namespaced RBAC mode needs.
+more) watches only those namespaces, which the chart's namespaced RBAC mode needs. `--leader-elect` lets
+several replicas run: only the holder of the Lease `--leader-election-id` in
+`--leader-election-namespace` reconciles (conveyor.operator.kubernetes.leader).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
+import uuid
+from pathlib import Path
+
+IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,6 +42,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--resync", type=float, default=30.0, help="seconds between safety-net looks at active pipelines"
     )
     parser.add_argument("--workers", type=int, default=16, help="pipelines reconciled concurrently")
+    election = parser.add_argument_group("leader election (several replicas, one reconciling)")
+    election.add_argument(
+        "--leader-elect", action="store_true", help="reconcile only while holding the Lease"
+    )
+    election.add_argument(
+        "--leader-election-namespace", default=env("POD_NAMESPACE"),
+        help="the Lease's namespace (default: $POD_NAMESPACE, else the in-cluster service account's)",
+    )
+    election.add_argument("--leader-election-id", default="conveyor-operator", help="the Lease's name")
+    election.add_argument(
+        "--identity", default=None, help="this replica's holder identity (default: hostname_<random>)"
+    )
+    election.add_argument("--lease-duration", type=float, default=15.0, help="seconds a claim lasts")
+    election.add_argument(
+        "--renew-deadline", type=float, default=10.0,
+        help="seconds the leader keeps leading without a renewal",
+    )
+    election.add_argument(
+        "--retry-period", type=float, default=2.0, help="seconds between looks at the Lease"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.set_defaults(handler=handle)
 
@@ -42,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def handle(args: argparse.Namespace) -> int:
     import logging
 
-    from conveyor.operator.kubernetes import builders
+    from conveyor.operator.kubernetes import builders, leader
     from conveyor.operator.kubernetes.operator import OperatorConfig, run
 
     logging.basicConfig(
@@ -51,6 +78,19 @@ def handle(args: argparse.Namespace) -> int:
     )
     if not args.verbose:
         logging.getLogger("kopf").setLevel(logging.WARNING)
+    candidacy = None
+    if args.leader_elect:
+        namespace = args.leader_election_namespace or (
+            IN_CLUSTER_NAMESPACE.read_text().strip() if IN_CLUSTER_NAMESPACE.exists() else None
+        )
+        if not namespace:
+            raise SystemExit("--leader-elect needs --leader-election-namespace outside a cluster")
+        candidacy = leader.Candidacy(
+            namespace,
+            args.leader_election_id,
+            args.identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}",
+            leader.Timings(args.lease_duration, args.renew_deadline, args.retry_period),
+        )
     config = OperatorConfig(
         namespaces=tuple(args.namespace),
         image=args.image or builders.DEFAULT_IMAGE,
@@ -62,6 +102,7 @@ def handle(args: argparse.Namespace) -> int:
         resync_seconds=args.resync,
         workers=args.workers,
         kubeconfig=args.kubeconfig,
+        leader_election=candidacy,
     )
     run(config)
     return 0

@@ -26,6 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, help="serving port (default: a free one)")
     parser.add_argument("--fresh", action="store_true", help="discard a previous run's status and artifacts")
     parser.add_argument("--plain", action="store_true", help="no live view (logs progress lines instead)")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="start every process as a fresh interpreter (torchrun agents) instead of from warm workers",
+    )
     parser.set_defaults(handler=handle)
 
 
@@ -64,7 +69,7 @@ def handle(args: argparse.Namespace) -> int:
     # SIGTERM (kill, timeout, a supervisor) stops the children like Ctrl-C does: they run in their own
     # sessions, so nobody else would.
     signal.signal(signal.SIGTERM, _interrupt)
-    run = LocalRun.create(pipeline, root, serve=not args.no_serve)
+    run = LocalRun.create(pipeline, root, serve=not args.no_serve, warm=not args.cold)
     run.executor.serving_port = args.port
     metric = pipeline.spec.task.metric
     status = PipelineStatus()

@@ -33,7 +33,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--gpu-nodes", type=int, default=4)
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--gpu-product", default="NVIDIA-H100-80GB-HBM3")
-    p.add_argument("--no-local-node", action="store_true", help="only simulated (KWOK) nodes")
+    p.add_argument(
+        "--no-local-node",
+        action="store_true",
+        help="only simulated (KWOK) nodes; they are tainted nvidia.com/gpu, so pods that ask for no GPU "
+        "then need the toleration (conveyor.devcluster.kwok.SIMULATED)",
+    )
     p.add_argument("--local-node-gpus", type=int, default=0, help="nvidia.com/gpu the local node advertises")
     p.set_defaults(handler=run)
 

@@ -2,7 +2,9 @@
 
 Order: PKI -> etcd (tmpfs, no fsync) -> kube-apiserver -> kube-controller-manager + kube-scheduler ->
 GPU nodes + KWOK -> the node agent (local node, local kubelet, PV provisioner) -> wait until the nodes
-are Ready and the ``default`` ServiceAccount exists. Everything listens on free loopback ports; each
+are Ready and the ``default`` ServiceAccount exists. The GPU nodes are tainted ``nvidia.com/gpu`` and
+the API server runs ExtendedResourceToleration, so pods asking for no GPU land on the (untainted)
+local node, each in its own network namespace (``podnet``). Everything listens on free loopback ports; each
 process logs to ``<state_dir>/logs/<name>.log``; ``state.json`` records what was started so that
 ``stop()`` (or ``conveyor dev-cluster down`` from another process) ends exactly those processes.
 """
@@ -25,13 +27,12 @@ from typing import Any
 
 import yaml
 
-from conveyor.devcluster import kwok, processes
+from conveyor.devcluster import kwok, podnet, processes
 from conveyor.devcluster.pki import Pki, make_pki
 from conveyor.devcluster.processes import Proc, StartError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 LOCAL_NODE = "conveyor-local"
-LOCAL_NODE_TAINT = "conveyor.dev/local-node"
 STORAGE_CLASS = "conveyor-local"
 PROVISIONER = "conveyor.dev/local-path"
 
@@ -156,6 +157,7 @@ class Cluster:
         for proc in reversed(self.procs):
             processes.stop(proc)
         self.procs = []
+        podnet.cleanup(self.state_dir)  # what a killed agent left of the pod network
         if self.etcd_data:
             shutil.rmtree(self.etcd_data, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
@@ -238,7 +240,9 @@ class Cluster:
                 "--endpoint-reconciler-type=none",
                 "--kubelet-preferred-address-types=InternalIP",
                 # PodSecurity, ServiceAccount and DefaultStorageClass are in the default plugin set.
-                "--enable-admission-plugins=NodeRestriction",
+                # ExtendedResourceToleration: pods asking for nvidia.com/gpu tolerate the GPU nodes'
+                # taint, so CPU pods land on the (untainted) local node, as on a real cluster.
+                "--enable-admission-plugins=NodeRestriction,ExtendedResourceToleration",
             ],
         )  # fmt: skip
         processes.wait_until(

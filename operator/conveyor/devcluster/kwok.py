@@ -1,6 +1,8 @@
 """KWOK configuration: the simulated GPU nodes and the pod stages that drive their pods.
 
-Pods on KWOK nodes never run. Stages move them: scheduled -> Running (Ready) -> Succeeded/Failed.
+Pods on KWOK nodes never run. The nodes are tainted ``nvidia.com/gpu`` (``GPU_TAINT``): pods asking
+for a GPU land there, others only with ``SIMULATED`` (nodeSelector ``type=kwok`` + the toleration).
+Stages move them: scheduled -> Running (Ready) -> Succeeded/Failed.
 Tests steer a pod through annotations on the pod (or the Job's pod template):
 
 ``conveyor.dev/sim-exit-code``            the container's exit code; non-zero ends in phase Failed,
@@ -16,6 +18,16 @@ from __future__ import annotations
 
 from typing import Any
 
+GPU_RESOURCE = "nvidia.com/gpu"
+#: The taint of the simulated GPU nodes, as GPU node pools carry it on real clusters (GKE, EKS, AKS):
+#: only pods asking for ``nvidia.com/gpu`` land there (the API server's ExtendedResourceToleration
+#: admission adds the toleration), every other pod goes to the local node, where pods really run.
+GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
+#: Pod placement for tests that simulate pods asking for no GPU on the KWOK nodes anyway.
+SIMULATED = {
+    "nodeSelector": {"type": "kwok"},
+    "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+}
 EXIT_CODE = "conveyor.dev/sim-exit-code"
 DELAY = "conveyor.dev/sim-delay"
 TERMINATION_MESSAGE = "conveyor.dev/sim-termination-message"
@@ -177,7 +189,8 @@ def gpu_node(
     memory: str = "512Gi",
     gpu_memory_mib: int = 81559,
 ) -> dict[str, Any]:
-    """A KWOK-managed node that advertises ``gpus`` x ``nvidia.com/gpu`` (GPU feature-discovery labels)."""
+    """A KWOK-managed node that advertises ``gpus`` x ``nvidia.com/gpu`` (GPU feature-discovery labels),
+    tainted ``nvidia.com/gpu=present:NoSchedule``."""
     resources = {
         "cpu": cpu,
         "memory": memory,
@@ -203,6 +216,6 @@ def gpu_node(
                 "nvidia.com/gpu.memory": str(gpu_memory_mib),
             },
         },
-        "spec": {},
+        "spec": {"taints": [dict(GPU_TAINT)]},
         "status": {"allocatable": resources, "capacity": dict(resources)},
     }

@@ -1,6 +1,8 @@
 """The local kubelet: pods bound to the local node really run, as local processes.
 
-For each pod it: gives the pod a loopback address (127.N.x.y) and reports it as ``status.podIP``;
+For each pod it: gives the pod its own network namespace and address on the local node's bridge
+(``podnet``; without root, a loopback address 127.N.x.y on the host's network) and reports it as
+``status.podIP``;
 maps volumes to local directories (emptyDir -> a sandbox directory, PVC -> the directory of the bound
 hostPath PV, configMap/secret/downwardAPI/projected -> files); runs init containers in order, then the
 containers, each as ``command + args`` with the container's environment (downward API included);
@@ -12,9 +14,10 @@ namespace, so volumes are bind-mounted at their real ``mountPath``, the terminat
 over ``/etc/hosts`` (pod hostnames and ``<hostname>.<subdomain>.<ns>.svc.cluster.local``), and a
 ``resolv.conf`` naming only 127.0.0.1 over ``/etc/resolv.conf``, so other names fail at once instead of
 leaving the machine. The host's own files are never modified. Mount points that did not exist on the
-host are created (empty) and removed on shutdown. The network namespace is the host's: pods share
-ports, so a server should bind its own pod IP. The ``image`` is ignored: a container must give
-``command``. Probes are not run: a started container is Ready.
+host are created (empty) and removed on shutdown. The containers of a pod share its network
+namespace, as on a real node, so pods never collide on ports (two torchrun rank-0 agents on 29500,
+two serving replicas on one port). The ``image`` is ignored: a container must give ``command``.
+Probes are not run: a started container is Ready.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from conveyor.devcluster import podspec
+from conveyor.devcluster import podnet, podspec
 
 log = logging.getLogger("conveyor.devcluster.local_kubelet")
 
@@ -57,39 +60,56 @@ def _can_unshare() -> bool:
 
 
 class HostsFile:
-    """The hosts file bind-mounted over /etc/hosts in every pod; rewritten in place (same inode)."""
+    """The hosts file bind-mounted over /etc/hosts in every pod (the same inode, so every pod sees
+    each change).
+
+    Pods read it at every name lookup, concurrently with changes, so it is never truncated while
+    pods may read it: a new pod's line is appended (one write), and a finished pod's line stays
+    (its names are not looked up any more). Rewriting it for every pod that ended was a window in
+    which a starting pod could read an empty file and fail to resolve its own hostname (gloo does
+    that to pick its address). Only when a name comes back with another address is the file
+    rewritten, in place, without truncating first: the newest line must be the first match.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.base = Path("/etc/hosts").read_text() if Path("/etc/hosts").exists() else "127.0.0.1 localhost\n"
         self.lock = threading.Lock()
-        self.entries: dict[str, tuple[str, list[str]]] = {}
-        self._write()
+        self.entries: dict[str, tuple[str, list[str]]] = {}  # uid -> (ip, names), every pod seen
+        self.path.write_text(self._render())
+
+    def _render(self) -> str:
+        lines = [self.base.rstrip("\n"), "# conveyor local-node pods"]
+        lines += [f"{ip}\t{' '.join(names)}" for ip, names in self.entries.values()]
+        return "\n".join(lines) + "\n"
 
     def set(self, uid: str, ip: str, names: list[str]) -> None:
         with self.lock:
+            shadowed = [
+                other
+                for other, (old_ip, old_names) in self.entries.items()
+                if other != uid and old_ip != ip and set(old_names) & set(names)
+            ]
+            for other in shadowed:
+                del self.entries[other]
             self.entries[uid] = (ip, names)
-            self._write()
-
-    def remove(self, uid: str) -> None:
-        with self.lock:
-            if self.entries.pop(uid, None):
-                self._write()
-
-    def _write(self) -> None:
-        lines = [self.base.rstrip("\n"), "# conveyor local-node pods"]
-        lines += [f"{ip}\t{' '.join(names)}" for ip, names in self.entries.values()]
-        with open(self.path, "w") as f:
-            f.write("\n".join(lines) + "\n")
+            if shadowed:
+                text = self._render().encode()
+                with open(self.path, "r+b") as f:
+                    f.write(text)
+                    f.truncate()
+            else:
+                with open(self.path, "ab") as f:
+                    f.write(f"{ip}\t{' '.join(names)}\n".encode())
 
 
 class PodRun(threading.Thread):
     """One pod on the local node: prepares its sandbox, runs its containers, reports status."""
 
-    def __init__(self, kubelet: LocalKubelet, pod: dict[str, Any], ip: str) -> None:
+    def __init__(self, kubelet: LocalKubelet, pod: dict[str, Any], network: podnet.PodNetwork) -> None:
         meta = pod["metadata"]
         super().__init__(name=f"pod-{meta['namespace']}-{meta['name']}", daemon=True)
-        self.kubelet, self.pod, self.ip = kubelet, pod, ip
+        self.kubelet, self.pod, self.network, self.ip = kubelet, pod, network, network.ip
         self.uid, self.ns, self.pod_name = meta["uid"], meta["namespace"], meta["name"]
         self.dir = kubelet.pods_dir / f"{self.ns}_{self.pod_name}_{self.uid[:8]}"
         self.stopping = threading.Event()
@@ -134,7 +154,7 @@ class PodRun(threading.Thread):
                 }
             )
         finally:
-            self.kubelet.hosts.remove(self.uid)
+            self.kubelet.release(self.network)  # its hosts line stays: see HostsFile
 
     def _run(self) -> None:
         spec = self.pod["spec"]
@@ -300,7 +320,9 @@ class PodRun(threading.Thread):
         log_path = self.dir / "logs" / f"{name}.log"
         log_path.parent.mkdir(exist_ok=True)
         if self.kubelet.isolate:
-            argv = self.kubelet.isolated_argv(argv, mounts, podspec.hostname(self.pod), workdir)
+            argv = self.kubelet.isolated_argv(
+                argv, mounts, podspec.hostname(self.pod), workdir, self.network.netns_path
+            )
             cwd = "/"
         else:
             env = {k: _rewrite(v, mounts) for k, v in env.items()}
@@ -387,6 +409,8 @@ class LocalKubelet:
             {Path(pod_python).parent.parent, *(Path(p) for p in sys.path if p and Path(p).is_dir())}
         )
         self.isolate = _can_unshare()
+        # One network namespace per pod on a bridge (root and iproute2); else the host's network.
+        self.bridge = podnet.Bridge(state_dir) if self.isolate and shutil.which("ip") else None
         self.shell = shutil.which("bash") or "/bin/bash"  # descriptors above 9 (dash stops at 9)
         self.hosts = HostsFile(state_dir / "hosts")
         # Pods resolve names from the hosts file only: DNS goes to loopback, where nothing answers.
@@ -398,7 +422,10 @@ class LocalKubelet:
         self.created_mountpoints: list[Path] = []
         self.mountpoints_lock = threading.Lock()
         self.mountpoints_file = state_dir / "created-mountpoints.json"
-        log.info("local kubelet for node %s (mount/UTS namespaces: %s)", node_name, self.isolate)
+        log.info(
+            "local kubelet for node %s (mount/UTS namespaces: %s; pod network: %s)",
+            node_name, self.isolate, self.bridge and f"{self.bridge.name} {self.bridge.subnet}",
+        )  # fmt: skip
 
     # ---- lookups used by env and volumes -------------------------------------------------------
     def lookup(self, kind: str, ns: str, name: str) -> dict[str, str] | None:
@@ -494,9 +521,15 @@ class LocalKubelet:
             self.mountpoints_file.write_text(json.dumps([str(p) for p in self.created_mountpoints]))
 
     def isolated_argv(
-        self, argv: list[str], mounts: list[tuple[Path, str, bool]], host: str, workdir: str
+        self,
+        argv: list[str],
+        mounts: list[tuple[Path, str, bool]],
+        host: str,
+        workdir: str,
+        netns: str | None = None,
     ) -> list[str]:
-        """``argv`` wrapped to run in a private mount + UTS namespace with the pod's mounts.
+        """``argv`` wrapped to run in a private mount + UTS namespace with the pod's mounts, inside the
+        pod's network namespace ``netns`` (a path) when it has one.
 
         Every source is opened (a file descriptor) before the first mount is made, and each mount
         binds ``/proc/self/fd/N``: a mount can then never hide a later mount's source (an emptyDir at
@@ -527,7 +560,9 @@ class LocalKubelet:
         lines.append(f"mkdir -p {shlex.quote(workdir)} && cd {shlex.quote(workdir)}")
         lines.append('exec "$@"')
         script = "\n".join(lines)
+        enter = ["nsenter", f"--net={netns}"] if netns else []
         return [
+            *enter,
             "unshare",
             "--mount",
             "--uts",
@@ -542,10 +577,16 @@ class LocalKubelet:
         ]
 
     # ---- reconcile ----------------------------------------------------------------------------
-    def _allocate_ip(self) -> str:
+    def _allocate_network(self) -> podnet.PodNetwork:
+        if self.bridge is not None:
+            return self.bridge.attach()
         n = self.next_ip
         self.next_ip += 1
-        return f"127.{self.net}.{n // 250}.{n % 250 + 2}"
+        return podnet.PodNetwork(f"127.{self.net}.{n // 250}.{n % 250 + 2}")
+
+    def release(self, network: podnet.PodNetwork) -> None:
+        if self.bridge is not None:
+            self.bridge.detach(network)
 
     def sync(self) -> None:
         pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.node_name}")
@@ -568,7 +609,7 @@ class LocalKubelet:
                 continue
             phase = (pod.get("status") or {}).get("phase", "Pending")
             if run is None and phase == "Pending" and not (pod.get("status") or {}).get("podIP"):
-                run = PodRun(self, pod, self._allocate_ip())
+                run = PodRun(self, pod, self._allocate_network())
                 self.runs[uid] = run
                 run.start()
         for uid in set(self.runs) - seen:
@@ -592,3 +633,5 @@ class LocalKubelet:
                     top.unlink()
         with contextlib.suppress(FileNotFoundError):
             self.mountpoints_file.unlink()
+        if self.bridge is not None:
+            self.bridge.close()

@@ -40,7 +40,9 @@ def _conditions(t: str) -> list[dict[str, Any]]:
 
 
 def register(core: Any, name: str, kube_version: str, kubelet_port: int = 0, gpus: int = 0) -> None:
-    """Create (or refresh) the local node: tainted, so only pods that tolerate it land there.
+    """Create (or refresh) the local node: untainted, so every pod that asks for no GPU lands here by
+    default (the GPU nodes are tainted ``nvidia.com/gpu``, as on real clusters). Select it explicitly
+    with the label ``conveyor.dev/local-node=true``.
 
     ``gpus`` > 0 advertises that many ``nvidia.com/gpu`` so pod specs that ask for GPUs can run here
     (on the CPU: nothing is attached)."""
@@ -66,7 +68,7 @@ def register(core: Any, name: str, kube_version: str, kubelet_port: int = 0, gpu
                 "type": "local",
             },
         },
-        "spec": {"taints": [{"key": LOCAL_NODE_LABEL, "value": "true", "effect": "NoSchedule"}]},
+        "spec": {},
     }
     try:
         core.create_node(node)

@@ -66,7 +66,9 @@ class LocalRun:
     executor: LocalExecutor
 
     @classmethod
-    def create(cls, pipeline: TrainingPipeline, root: Path, serve: bool = True) -> LocalRun:
+    def create(
+        cls, pipeline: TrainingPipeline, root: Path, serve: bool = True, warm: bool = True
+    ) -> LocalRun:
         spec = pipeline.spec if serve else pipeline.spec.model_copy(update={"serving": None})
         pipeline = pipeline.model_copy(update={"spec": spec})
         pipeline.metadata.generation = pipeline.metadata.generation or 1
@@ -75,7 +77,7 @@ class LocalRun:
         write_json_atomic(
             root / MANIFEST_FILE, pipeline.model_dump(mode="json", by_alias=True, exclude_none=True)
         )
-        return cls(pipeline, root, LocalExecutor(root, model_name=pipeline.metadata.name))
+        return cls(pipeline, root, LocalExecutor(root, warm=warm, model_name=pipeline.metadata.name))
 
     @property
     def spec(self) -> TrainingPipelineSpec:

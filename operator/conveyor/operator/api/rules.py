@@ -34,8 +34,9 @@ from conveyor.trainer.config import (
 TUNABLE_SECTIONS = ("model", "optimizer", "training", "data.preprocessing", "data.augmentation")
 
 
-def _leaf_names(model: type[BaseModel], prefix: str) -> list[str]:
-    names: list[str] = []
+def _leaves(model: type[BaseModel], prefix: str) -> list[tuple[str, Any]]:
+    """(dotted wire name, annotation) of every leaf field under `model`."""
+    found: list[tuple[str, Any]] = []
     for name, field in model.model_fields.items():
         wire = f"{prefix}.{field.alias or name}"
         annotation = field.annotation
@@ -44,14 +45,19 @@ def _leaf_names(model: type[BaseModel], prefix: str) -> list[str]:
         )
         sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
         if sub is not None:
-            names.extend(_leaf_names(sub, wire))
+            found.extend(_leaves(sub, wire))
         else:
-            names.append(wire)
-    return names
+            found.append((wire, annotation))
+    return found
 
 
-def tunable_names() -> tuple[str, ...]:
-    """Every dotted manifest name a tuning parameter may set, e.g. `optimizer.learningRate`."""
+def _is_integer(annotation: Any) -> bool:
+    return {a for a in (annotation, *get_args(annotation)) if a is not type(None)} == {int}
+
+
+def tunable_names(integers_only: bool = False) -> tuple[str, ...]:
+    """Every dotted manifest name a tuning parameter may set, e.g. `optimizer.learningRate` (with
+    `integers_only`, those of integer fields, e.g. `training.batchSize`)."""
     names: list[str] = []
     for section in TUNABLE_SECTIONS:
         model: type[BaseModel] = TrainerConfig
@@ -63,11 +69,12 @@ def tunable_names() -> tuple[str, ...]:
                 for c in (annotation, *get_args(annotation))
                 if isinstance(c, type) and issubclass(c, BaseModel)
             )
-        names.extend(_leaf_names(model, section))
+        names.extend(n for n, a in _leaves(model, section) if not integers_only or _is_integer(a))
     return tuple(names)
 
 
 TUNABLE = tunable_names()
+TUNABLE_INTEGERS = tunable_names(integers_only=True)
 
 
 @dataclass(frozen=True)
@@ -145,11 +152,27 @@ PARAMETER_RULES = (
     ),
     Rule(
         "values",
-        # No CEL: `values` holds untyped items (str, int, float, bool), which CEL cannot see; the API
-        # server's compiler rejects any rule naming the field. Checked by `conveyor validate`/the operator.
+        # No CEL: `values` holds untyped items (str, int, float, bool), so the API server's CEL type of a
+        # parameter has no `values` field ("undefined field"), and a schema anyOf would report the
+        # type, not the missing list. The schema refuses an empty list (minItems: 1); a missing one
+        # is refused by `conveyor validate` and by the operator's first step (InvalidSpec).
         "",
         "categorical parameters need a non-empty values list, e.g. values: [32, 64, 128]",
         lambda p: p.type != "categorical" or bool(p.values),
+    ),
+    Rule(
+        "type",
+        f"self.type != 'float' || !(self.name in {_cel_list(TUNABLE_INTEGERS)})",
+        "must be int or categorical for an integer field (a float parameter would give it fractional "
+        "values), e.g. {name: training.batchSize, type: int, min: 16, max: 128}",
+        lambda p: p.type != "float" or p.name not in TUNABLE_INTEGERS,
+    ),
+    Rule(
+        "min",
+        "self.type != 'int' || ((!has(self.min) || self.min == double(int(self.min)))"
+        " && (!has(self.max) || self.max == double(int(self.max))))",
+        "int parameters need whole-number bounds, e.g. min: 16, max: 128",
+        lambda p: p.type != "int" or all(v is None or float(v).is_integer() for v in (p.min, p.max)),
     ),
 )
 
@@ -190,8 +213,7 @@ ENV_RULES = (
     Rule(
         "name",
         f"!(self.name in {_cel_list(RESERVED_ENV)})",
-        "is reserved: Conveyor sets it itself (the workload's identity, torchrun's rendezvous, "
-        "data mounts)",
+        "is reserved: Conveyor sets it itself (the workload's identity, torchrun's rendezvous, data mounts)",
         lambda e: e.name not in RESERVED_ENV,
     ),
 )

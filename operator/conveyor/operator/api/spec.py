@@ -88,7 +88,11 @@ class TuningParameter(Spec):
         default=None, gt=0.0, description="Grid step (float, int); no step for log scales."
     )
     values: list[str | int | float | bool] | None = Field(
-        default=None, max_length=MAX_VALUES, description="The choices (categorical)."
+        default=None,
+        max_length=MAX_VALUES,
+        # The API server refuses an empty list by the schema; Python by the rule (one message).
+        json_schema_extra={"minItems": 1},
+        description="The choices (categorical).",
     )
 
     @model_validator(mode="after")
@@ -152,8 +156,9 @@ class StorageSpec(Spec):
         max_length=1024,
         description="Artifact root on Kubernetes: pvc://CLAIM[/PATH], a claim every stage pod mounts "
         "(ReadWriteMany when pods run on several nodes at once: workers > 1, tuning.parallelism > 1); "
-        "the pipeline writes under PATH/<name>. Without it each pod gets its own emptyDir, which only "
-        "simulations can use. `conveyor run` ignores it and writes to ./runs/<name> (or --root).",
+        "the pipeline writes under PATH/<name>. Without it the operator provisions the claim "
+        "<name>-artifacts (default StorageClass, owned by the pipeline; Event StorageProvisioned). "
+        "`conveyor run` ignores it and writes to ./runs/<name> (or --root).",
     )
 
     @model_validator(mode="after")
@@ -279,8 +284,12 @@ class TrainingPipelineSpec(Spec):
                 try:
                     with_overrides(base, {parameter.name: value})
                 except ValueError as error:
-                    detail = str(error).splitlines()
-                    reason = detail[-1].strip() if detail else str(error)
+                    detail = [
+                        line.strip()
+                        for line in str(error).splitlines()
+                        if line.strip() and not line.strip().startswith("For further information")
+                    ]
+                    reason = detail[-1].split(" [type=")[0] if detail else str(error)
                     raise PydanticCustomError(
                         "conveyor_rule",
                         "{message}",

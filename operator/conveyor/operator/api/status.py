@@ -200,7 +200,11 @@ class EnsembleStatus(Status):
 class ArtifactsStatus(Status):
     """Paths relative to the run root: <storage.uri>/<pipeline name> on Kubernetes, ./runs/<name> locally."""
 
-    root: str | None = Field(default=None, description="spec.storage.uri, as given.")
+    root: str | None = Field(
+        default=None,
+        description="spec.storage.uri, as given; without it, the claim the operator provisioned "
+        "(pvc://<name>-artifacts).",
+    )
     data: str | None = None
     model: str | None = None
     ensemble: str | None = None

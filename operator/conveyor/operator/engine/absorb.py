@@ -150,9 +150,20 @@ def _finished_at(ctx: Context, seen: WorkloadObservation) -> str:
 
 def _pending(ctx: Context, rec: Record, seen: WorkloadObservation, result: Result) -> None:
     rec.state = "Pending"
+    if seen.reason is None:
+        return
+    # A start that is stuck (an image that cannot be pulled, a missing Secret) is said in status and
+    # once per cause as a Warning, so `kubectl describe` tells why nothing happens.
+    why = f"{seen.reason}: {seen.message}" if seen.message else seen.reason
+    if (rec.reason, rec.message) != (reasons.NOT_STARTING, why):
+        rec.reason, rec.message = reasons.NOT_STARTING, why
+        message = f"{rec.name} (attempt {rec.attempt}) is not starting: {why}"
+        ctx.emit("Warning", reasons.NOT_STARTING, message)
 
 
 def _running(ctx: Context, rec: Record, seen: WorkloadObservation, result: Result) -> None:
+    if rec.reason == reasons.NOT_STARTING:
+        rec.reason, rec.message = None, None
     rec.state = "Running"
     rec.start_time = rec.start_time or ctx.ts
 

@@ -33,6 +33,7 @@ SUSPENDED = "Suspended"  # stopped by spec.suspend: it starts again on unsuspend
 RESTARTED = "Restarted"  # started again after suspension or loss
 STOPPED = "Stopped"  # stopped because the pipeline failed
 PRUNED = "Pruned"  # a trial stopped early by the pruner
+NOT_STARTING = "NotStarting"  # pending, and the executor says why (image pull, missing Secret, ...)
 
 # Why a workload, serving or the pipeline itself is stopped (StopWorkload, StopServing, DeletePipeline).
 PIPELINE_FAILED = "PipelineFailed"

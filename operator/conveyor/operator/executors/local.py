@@ -2,9 +2,15 @@
 
 Each workload runs exactly as it would in pods: the same trainer command line and the same
 environment contract (`conveyor.operator.workloads`), with the rendezvous host being 127.0.0.1 instead
-of rank 0's DNS name. A distributed job is `workers` torchrun agents (one per would-be pod) with
-`processesPerWorker` processes each. Every process gets its own session, so stopping a workload (a
-pruned trial, Ctrl-C) takes its whole process tree down.
+of rank 0's DNS name. Cold (`warm=False`), a distributed job is `workers` torchrun agents (one per
+would-be pod) with `processesPerWorker` processes each. Warm (`conveyor run`'s default), every process
+is forked from one fork server that imported torch and the trainer once (`executors.forkserver`), with
+the environment torchrun would have given it and rank 0 hosting the rendezvous store as `env://`
+does: what a trial pays to start is a fork, not an agent and interpreters importing torch. Workloads
+with their own `spec.env` start cold, since a forked process cannot honour variables read at import.
+Every process gets its own session, so stopping a workload (a pruned trial, Ctrl-C) takes its whole
+process tree down; warm processes, the fork server and the model server die with `conveyor run` even
+when it is killed with SIGKILL.
 
 It implements `protocol.Executor` and reports facts only (`conveyor.operator.engine.observations`):
 the processes' state from their exit codes (failed as soon as one exits non-zero; exit code 2 is
@@ -28,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from conveyor.operator.engine.observations import (
     INVALID_INPUT,
@@ -37,7 +43,15 @@ from conveyor.operator.engine.observations import (
     ServingObservation,
     WorkloadObservation,
 )
-from conveyor.operator.workloads import EXIT_INVALID_INPUT, Workload, command_argv, serve_argv
+from conveyor.operator.executors.forkserver import ForkServer, ForkServerError
+from conveyor.operator.workloads import (
+    EXIT_INVALID_INPUT,
+    TRAINER_MODULE,
+    Workload,
+    command_argv,
+    serve_argv,
+    trainer_argv,
+)
 from conveyor.trainer import progress
 from conveyor.trainer.artifacts import RESULT_FILE, workload_dir
 from conveyor.trainer.config import ServingSpec
@@ -53,7 +67,39 @@ def free_port() -> int:
         return port
 
 
-def stop_processes(processes: Iterable[subprocess.Popen[bytes]], grace: float = STOP_GRACE_SECONDS) -> None:
+class Process(Protocol):
+    """What the executor needs of a process: a `subprocess.Popen`, or a fork server's child."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+def torchrun_process_env(workload: Workload, node_rank: int, local_rank: int) -> dict[str, str]:
+    """What torchrun's agent on worker `node_rank` sets for its process `local_rank` (beyond the
+    worker's environment), when the processes are started without an agent: static ranks, no
+    restarts, and no agent store (rank 0 hosts it, `conveyor.trainer.distributed.attempt_store`)."""
+    nproc = workload.processes_per_worker
+    return {
+        "RANK": str(node_rank * nproc + local_rank),
+        "LOCAL_RANK": str(local_rank),
+        "LOCAL_WORLD_SIZE": str(nproc),
+        "GROUP_RANK": str(node_rank),
+        "ROLE_RANK": str(node_rank * nproc + local_rank),
+        "ROLE_NAME": "default",
+        "GROUP_WORLD_SIZE": str(workload.workers),
+        "ROLE_WORLD_SIZE": str(workload.world_size),
+        "TORCHELASTIC_RESTART_COUNT": "0",
+        "TORCHELASTIC_MAX_RESTARTS": "0",
+        "TORCHELASTIC_RUN_ID": workload.key,
+        "TORCHELASTIC_USE_AGENT_STORE": "False",
+    }
+
+
+def stop_processes(processes: Iterable[Process], grace: float = STOP_GRACE_SECONDS) -> None:
     """SIGTERM each process group, then SIGKILL whatever is still alive after `grace` seconds."""
     alive = [p for p in processes if p.poll() is None]
     for proc in alive:
@@ -79,10 +125,10 @@ def log_tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
 
 @dataclass
 class LocalJob:
-    """The processes of one workload attempt (one per worker)."""
+    """The processes of one workload attempt (cold: one per worker; warm: one per process)."""
 
     workload: Workload
-    processes: list[subprocess.Popen[bytes]]
+    processes: list[Process]
     log: Path
     started_at: datetime
     stopped: bool = False
@@ -121,7 +167,7 @@ def attempt_result(out: Path, attempt: int) -> dict[str, Any] | None:
 @dataclass
 class LocalServer:
     model: str
-    process: subprocess.Popen[bytes]
+    process: Process
     url: str
     log: Path
     ready: bool = False
@@ -133,12 +179,16 @@ class LocalExecutor:
 
     root: Path
     python: str = sys.executable
+    warm: bool = False  # start processes from a fork server (`conveyor run` does) instead of cold
+    trainer_module: str = TRAINER_MODULE  # what warm processes run (tests substitute a stand-in)
     serving_host: str = "127.0.0.1"
     serving_port: int | None = None
     model_name: str | None = None  # the name clients use in /v2/models/<name> (the pipeline's name)
     jobs: dict[str, LocalJob] = field(default_factory=dict)
     server: LocalServer | None = None
     messages: list[str] = field(default_factory=list)
+    forkserver: ForkServer | None = None  # one given here is shared: the executor does not close it
+    owns_forkserver: bool = False
 
     @property
     def log_dir(self) -> Path:
@@ -157,8 +207,20 @@ class LocalExecutor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{workload.key}.log"
         port = free_port()
+        processes: list[Process] = []
+        if self.warm and not workload.env:
+            try:
+                processes = self.start_warm(workload, log, port)
+            except ForkServerError as error:
+                self.emit("Warning", "ColdStart", f"{workload.key} starts cold: {error}")
+        if not processes:
+            processes = self.start_cold(workload, log, port)
+        self.jobs[workload.name] = LocalJob(workload, processes, log, datetime.now(UTC))
+
+    def start_cold(self, workload: Workload, log: Path, port: int) -> list[Process]:
+        """One torchrun agent (or plain python) per worker, each a fresh interpreter."""
         workers = workload.workers if workload.distributed else 1
-        processes = []
+        processes: list[Process] = []
         with log.open("ab") as sink:
             for rank in range(workers):
                 argv, env = command_argv(
@@ -174,7 +236,33 @@ class LocalExecutor:
                         start_new_session=True,
                     )
                 )
-        self.jobs[workload.name] = LocalJob(workload, processes, log, datetime.now(UTC))
+        return processes
+
+    def start_warm(self, workload: Workload, log: Path, port: int) -> list[Process]:
+        """Every process of every worker forked from the fork server, as torchrun would start it."""
+        server = self.fork_server()
+        args = trainer_argv(workload, str(self.root))
+        workers = workload.workers if workload.distributed else 1
+        processes: list[Process] = []
+        try:
+            for node_rank in range(workers):
+                _, env = command_argv(workload, str(self.root), "127.0.0.1", port, node_rank)
+                for local_rank in range(workload.processes_per_worker if workload.distributed else 1):
+                    ranked = (
+                        torchrun_process_env(workload, node_rank, local_rank) if workload.distributed else {}
+                    )
+                    processes.append(
+                        server.spawn(self.trainer_module, args, {**os.environ, **env, **ranked}, log)
+                    )
+        except ForkServerError:
+            stop_processes(processes)
+            raise
+        return processes
+
+    def fork_server(self) -> ForkServer:
+        if self.forkserver is None:
+            self.forkserver, self.owns_forkserver = ForkServer(self.python, self.root), True
+        return self.forkserver
 
     def stop(self, name: str, attempt: int) -> None:
         job = self.jobs.get(name)
@@ -190,22 +278,28 @@ class LocalExecutor:
         port = self.serving_port or free_port()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / "serve.log"
-        argv = [
-            self.python,
-            "-m",
-            "conveyor.trainer",
+        args = [
             *serve_argv(model, serving, str(self.root), port, self.model_name),
+            "--host",
+            self.serving_host,
         ]
-        argv += ["--host", self.serving_host]
-        with log.open("ab") as sink:
-            process = subprocess.Popen(
-                argv,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        process: Process | None = None
+        if self.warm:
+            try:
+                process = self.fork_server().spawn(TRAINER_MODULE, args, env, log)
+            except ForkServerError as error:
+                self.emit("Warning", "ColdStart", f"the model server starts cold: {error}")
+        if process is None:
+            with log.open("ab") as sink:
+                process = subprocess.Popen(
+                    [self.python, "-m", TRAINER_MODULE, *args],
+                    env=env,
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
         self.server = LocalServer(model, process, f"http://{self.serving_host}:{port}", log)
 
     def stop_serving(self) -> None:
@@ -223,6 +317,8 @@ class LocalExecutor:
         """Stop every child process (Ctrl-C, or the end of a run)."""
         stop_processes([p for job in self.jobs.values() for p in job.processes])
         self.stop_serving()
+        if self.forkserver is not None and self.owns_forkserver:
+            self.forkserver.close()
 
     # --- observations ----------------------------------------------------------------------------
 

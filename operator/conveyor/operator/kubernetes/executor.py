@@ -20,6 +20,8 @@ turned back into observations. Thin I/O only; every object comes from `builders`
   comes from the progress endpoint (`statusserver.ProgressStore`), never from logs.
 - Serving: the Deployment's readiness; no Deployment means nothing is served.
 - Stop: delete the Job (propagationPolicy Background) and its headless Service.
+- Storage: a pipeline without `storage.uri` gets the claim `builders.artifacts_claim` before its first
+  pod (checked once per pipeline per operator process), with a `StorageProvisioned` Event.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ PATHS = {
     "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
     "HorizontalPodAutoscaler": "/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers",
     "Pod": "/api/v1/namespaces/{ns}/pods",
+    "PersistentVolumeClaim": "/api/v1/namespaces/{ns}/persistentvolumeclaims",
     "Event": "/api/v1/namespaces/{ns}/events",
     "TrainingPipeline": f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}",
 }
@@ -86,6 +89,7 @@ class Api:
 
     client: Any  # kubernetes.client.ApiClient
     on_error: Callable[[str], None] | None = None
+    timeout: float = 30.0  # seconds per request
 
     def request(
         self,
@@ -104,7 +108,7 @@ class Api:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.client.call_api(*serialized, _request_timeout=30)
+        response = self.client.call_api(*serialized, _request_timeout=self.timeout)
         data = response.read()
         text = data.decode() if isinstance(data, bytes) else str(data or "")
         if response.status >= 400:
@@ -294,6 +298,7 @@ class KubernetesExecutor:
     api: Api
     settings: builders.Settings = field(default_factory=builders.Settings)
     progress: ProgressLookup = _no_progress
+    claims: set[tuple[str, str]] = field(default_factory=set)  # (namespace, uid): claim known to exist
 
     def for_pipeline(self, owner: builders.Owner, body: Mapping[str, Any]) -> PipelineExecutor:
         """The executor of one pipeline (`body` as last read: Events refer to it)."""
@@ -346,7 +351,32 @@ class PipelineExecutor:
             deployment = None
         return observe_deployment(deployment, builders.serving_url(self.owner, spec))
 
+    def ensure_storage(self) -> None:
+        """Provision the artifacts claim of a pipeline without `storage.uri` (once), and say so."""
+        claim = builders.artifacts_claim(self.owner)
+        key = (self.owner.namespace, self.owner.uid)
+        if claim is None or key in self.shared.claims:
+            return
+        name = claim["metadata"]["name"]
+        try:
+            self.api.get(PATHS["PersistentVolumeClaim"].format(ns=self.owner.namespace) + f"/{name}")
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            self.api.apply(claim)
+            (mode,) = claim["spec"]["accessModes"]
+            self.emit(
+                "Normal",
+                "StorageProvisioned",
+                f"spec.storage.uri is not set: provisioned PersistentVolumeClaim {name} ({mode}, "
+                f"{builders.PROVISIONED_SIZE}, default StorageClass) for the artifacts of every stage; "
+                "it is deleted with the pipeline. Set spec.storage.uri: pvc://CLAIM[/PATH] to use "
+                "a claim of your own.",
+            )
+        self.shared.claims.add(key)
+
     def start(self, workload: Workload) -> None:
+        self.ensure_storage()
         for obj in builders.workload_objects(self.owner, self.shared.settings, workload):
             self.api.apply(obj)
 
@@ -356,6 +386,7 @@ class PipelineExecutor:
         self.api.delete("Service", self.owner.namespace, job)
 
     def start_serving(self, model: str, serving: ServingSpec) -> None:
+        self.ensure_storage()
         for obj in builders.serving_objects(self.owner, self.shared.settings, model, serving):
             self.api.apply(obj)
 

@@ -2,7 +2,12 @@
 dashboards). One registry per operator, passed in, so tests and several operators in one process do
 not collide. Gauges count the statuses the operator last decided (each pipeline's share is swapped on
 every reconcile, under a lock: reconciles run in several threads), so they are right after a restart
-without any state of their own."""
+without any state of their own.
+
+Training throughput comes from the epoch events pods push to the progress endpoint (`samplesPerSecond`:
+all ranks of the job together). It is one series per ACTIVE workload (the last status's
+`active_workloads`): a finished, pruned or deleted workload's series is removed, so a dashboard's sum
+is what trains now, and a late event of a finished workload cannot bring its series back."""
 
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ from conveyor.operator.api.status import (
     TrialState,
     parse_time,
 )
+from conveyor.operator.engine import active_workloads
+from conveyor.operator.kubernetes.builders import label_value
 
 # Every value of the gauges' labels, set to 0 up front so a dashboard sees each series from the start.
 PIPELINE_PHASES: tuple[str, ...] = get_args(Phase)
@@ -49,11 +56,27 @@ class Metrics:
         self.api_errors = Counter(
             "conveyor_api_errors_total", "Kubernetes API errors by verb.", ["verb"], registry=r
         )
+        self.leader = Gauge(
+            "conveyor_operator_leader", "1 while this replica reconciles (holds the Lease), else 0.",
+            registry=r,
+        )
+        self.throughput = Gauge(
+            "conveyor_training_samples_per_second",
+            "Samples per second of each active training workload's latest epoch, all ranks together.",
+            ["namespace", "pipeline", "workload"], registry=r,
+        )
+        self.epochs = Counter(
+            "conveyor_training_epochs_total", "Epoch events received from training pods.", registry=r
+        )
         for phase in PIPELINE_PHASES:
             self.pipelines.labels(phase).set(0)
         for state in TRIAL_STATES:
             self.trials.labels(state).set(0)
         self._shares: dict[tuple[str, str], tuple[str, Tally[str]]] = {}
+        # Per (namespace, pipeline label value): the workloads active in its last status, and those
+        # with a throughput series.
+        self._active: dict[tuple[str, str], set[str]] = {}
+        self._rates: dict[tuple[str, str], set[str]] = {}
         self._lock = threading.Lock()
 
     def record(self, key: tuple[str, str], old: PipelineStatus | None, new: PipelineStatus | None) -> None:
@@ -72,6 +95,7 @@ class Metrics:
                 self.pipelines.labels(share[0]).inc()
                 for state, count in share[1].items():
                     self.trials.labels(state).inc(count)
+            self._keep_active_rates(key, new)
         if new is not None:
             for stage in STAGES:
                 now_stage = new.stages.get(stage)
@@ -81,6 +105,32 @@ class Metrics:
                 began, ended = parse_time(now_stage.start_time), parse_time(now_stage.completion_time)
                 if began and ended:
                     self.stage_seconds.labels(stage).observe((ended - began).total_seconds())
+
+    def epoch(self, namespace: str, pipeline: str, workload: str, samples_per_second: float | None) -> None:
+        """An epoch event of `workload` (`pipeline` is the pods' label value) arrived."""
+        self.epochs.inc()
+        if samples_per_second is None:
+            return
+        with self._lock:
+            if workload not in self._active.get((namespace, pipeline), ()):
+                return
+            self._rates.setdefault((namespace, pipeline), set()).add(workload)
+            self.throughput.labels(namespace, pipeline, workload).set(samples_per_second)
+
+    def _keep_active_rates(self, key: tuple[str, str], new: PipelineStatus | None) -> None:
+        """Remember `key`'s active workloads and drop the throughput of the others (lock held)."""
+        pipeline = (key[0], label_value(key[1]))
+        active = {name for name, _ in active_workloads(new)}
+        if active:
+            self._active[pipeline] = active
+        else:
+            self._active.pop(pipeline, None)
+        rates = self._rates.get(pipeline, set())
+        for workload in rates - active:
+            self.throughput.remove(*pipeline, workload)
+        rates &= active
+        if not rates:
+            self._rates.pop(pipeline, None)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -29,6 +29,13 @@ Why these choices:
   already reflects its generation (this operator's own status write, or a metadata edit).
 - All Kubernetes I/O is synchronous client code run in worker threads (`asyncio.to_thread`), so the
   event loop stays free for watches and the progress endpoint.
+- High availability (`OperatorConfig.leader_election`, the chart's default): every replica runs its
+  watches, but only the holder of a Lease (`leader.Elector`) has a work queue; the others drop
+  events, so a standby's watches are warm and a hand-over costs no new connections. A new leader
+  lists every pipeline and reconciles each once (what happened meanwhile is all in status and in
+  the cluster); a leader that loses its Lease cancels its workers at once, and a step still in a
+  thread checks `fence` before each write (`leader` explains why that is before anyone else leads).
+  A standby answers the progress endpoint with 503: epochs reach only the leader's store.
 """
 
 from __future__ import annotations
@@ -37,8 +44,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,7 +59,7 @@ from conveyor.operator.api.resource import ManifestError, parse
 from conveyor.operator.api.status import PipelineStatus
 from conveyor.operator.engine import active_workloads, reconcile
 from conveyor.operator.executors.protocol import carry_out
-from conveyor.operator.kubernetes import builders
+from conveyor.operator.kubernetes import builders, leader
 from conveyor.operator.kubernetes.executor import PATHS, Api, ApiError, KubernetesExecutor, owner_of
 from conveyor.operator.kubernetes.metrics import Metrics
 from conveyor.operator.kubernetes.statusserver import ProgressServer, ProgressStore, serve
@@ -75,6 +83,15 @@ class OperatorConfig:
     resync_seconds: float = 30.0  # a safety net: watches on Jobs, Pods and Deployments drive changes
     workers: int = 16
     kubeconfig: str | None = None
+    leader_election: leader.Candidacy | None = None  # None: this replica always reconciles
+
+
+class Fenced(Exception):
+    """This replica stopped leading while a reconcile step was in flight: it must not write."""
+
+
+def _always() -> bool:
+    return True
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -126,6 +143,7 @@ class Controller:
     held: dict[Key, PipelineStatus] = field(default_factory=dict)  # first steps' statuses, unwritten
     loop: asyncio.AbstractEventLoop | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    fence: Callable[[], bool] = _always  # whether this replica may still write (leader election)
 
     def __post_init__(self) -> None:
         self.executor = KubernetesExecutor(
@@ -139,6 +157,9 @@ class Controller:
         )
         self.api.on_error = lambda verb: self.metrics.api_errors.labels(verb).inc()
         self.store.notify = self.enqueue_threadsafe
+        self.in_flight = 0
+        self.quiet = threading.Condition()
+        self.store.measure = self.metrics.epoch
 
     # --- queue ------------------------------------------------------------------------------------
 
@@ -146,16 +167,73 @@ class Controller:
         self.loop = asyncio.get_running_loop()
         # One thread per queue worker: a reconcile is mostly waiting on the API server, so
         # concurrency, not CPU, bounds how fast a burst of pipelines gets its Jobs.
-        self.loop.set_default_executor(ThreadPoolExecutor(self.config.workers, "reconcile"))
-        self.queue = asyncio.PriorityQueue()
-        self.tasks = [asyncio.create_task(self._work()) for _ in range(self.config.workers)]
+        self.loop.set_default_executor(ThreadPoolExecutor(self.config.workers + 2, "reconcile"))
 
-    async def stop(self) -> None:
+    @property
+    def leading(self) -> bool:
+        return self.queue is not None
+
+    def lead(self, everything: bool = False) -> None:
+        """Start reconciling: a queue and its workers. With `everything`, every pipeline is queued
+        once (a new leader: what happened while another replica led is in status and the cluster)."""
+        if self.leading:
+            return
+        self.queue = asyncio.PriorityQueue()
+        self.tasks = [asyncio.create_task(self._work(self.queue)) for _ in range(self.config.workers)]
+        if everything:
+            self.tasks.append(asyncio.create_task(self._enqueue_all()))
+        self.metrics.leader.set(1)
+        log.info("reconciling (leading)")
+
+    def abdicate(self) -> None:
+        """Stop reconciling at once: workers cancelled, the queue and what was learnt meanwhile dropped."""
         for task in self.tasks:
             task.cancel()
-        for task in self.tasks:
+        self.tasks = []
+        for timer in self.timers.values():
+            timer.cancel()
+        for key in self.statuses:
+            self.metrics.record(key, None, None)
+        self.queue = None
+        for learnt in (self.queued, self.running, self.dirty, self.timers):
+            learnt.clear()
+        for kept in (self.statuses, self.unseen, self.held):
+            kept.clear()
+        self.metrics.leader.set(0)
+
+    async def stop(self) -> None:
+        tasks = list(self.tasks)
+        self.abdicate()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    def wait_quiet(self, timeout: float) -> bool:
+        """Wait (blocking) until no reconcile step runs in a thread; whether that happened in time."""
+        with self.quiet:
+            return self.quiet.wait_for(lambda: self.in_flight == 0, timeout)
+
+    async def _enqueue_all(self) -> None:
+        while True:  # cancelled with the workers when this replica stops leading
+            try:
+                bodies = await asyncio.to_thread(self.list_pipelines)
+                break
+            except Exception:
+                log.exception("listing pipelines failed; retrying")
+                await asyncio.sleep(2.0)
+        for body in bodies:
+            meta = body["metadata"]
+            key = (meta["namespace"], meta["name"])
+            if not body.get("status"):
+                self.unseen[key] = body
+            self.enqueue(key, urgent=not body.get("status"))
+
+    def list_pipelines(self) -> list[dict[str, Any]]:
+        paths = [PATHS["TrainingPipeline"].format(ns=ns) for ns in self.config.namespaces]
+        bodies: list[dict[str, Any]] = []
+        for path in paths or [f"/apis/{GROUP}/{VERSION}/{PLURAL}"]:
+            bodies += self.api.get(path).get("items", [])
+        return bodies
 
     def enqueue(self, key: Key, delay: float = 0.0, urgent: bool = False) -> None:
         """Queue `key` once; `urgent` keys (pipelines never reconciled) go before resyncs and child
@@ -190,17 +268,18 @@ class Controller:
         self.held.pop(key, None)
         self.metrics.record(key, None, None)
 
-    async def _work(self) -> None:
-        assert self.queue is not None
+    async def _work(self, queue: asyncio.PriorityQueue[tuple[int, int, Key]]) -> None:
         while True:
-            _, _, key = await self.queue.get()
+            _, _, key = await queue.get()
             self.queued.discard(key)
             self.running.add(key)
             delay: float | None = None
             started = time.monotonic()
             try:
-                delay = await asyncio.to_thread(self.step, key)
+                delay = await asyncio.to_thread(self.counted_step, key)
                 self.metrics.reconciles.labels("ok").inc()
+            except Fenced:
+                delay = None
             except Exception:
                 log.exception("reconcile of %s/%s failed; retrying", *key)
                 self.metrics.reconciles.labels("error").inc()
@@ -215,6 +294,20 @@ class Controller:
                 self.enqueue(key, max(0.05, delay))
 
     # --- one reconcile ----------------------------------------------------------------------------
+
+    def counted_step(self, key: Key) -> float | None:
+        with self.quiet:
+            self.in_flight += 1
+        try:
+            return self.step(key)
+        finally:
+            with self.quiet:
+                self.in_flight -= 1
+                self.quiet.notify_all()
+
+    def check_fence(self) -> None:
+        if not self.fence():
+            raise Fenced
 
     def step(self, key: Key) -> float | None:
         """Observe, decide, write status, act. Returns when to look again (None: only on changes)."""
@@ -231,6 +324,7 @@ class Controller:
         meta = body["metadata"]
         if meta.get("deletionTimestamp"):
             return None
+        self.check_fence()
         self.names[(namespace, builders.label_value(name))] = name
         old_wire = body.get("status") or None
         try:
@@ -238,6 +332,7 @@ class Controller:
         except ManifestError as error:
             invalid = {"phase": "Failed", "reason": "InvalidSpec", "message": str(error)[:4096]}
             if {k: (old_wire or {}).get(k) for k in invalid} != invalid:
+                self.check_fence()
                 self.executor.patch_status(namespace, name, {**(old_wire or {}), **invalid})
             return None
         held = self.held.pop(key, None)
@@ -248,6 +343,8 @@ class Controller:
         decision = reconcile(
             pipeline.spec, status, observations, datetime.now(UTC), generation=meta.get("generation")
         )
+        builders.note_provisioned_storage(decision.status, pipeline.spec, name)
+        self.check_fence()  # observing took time: is this replica still the one that may act?
         self.metrics.record(key, status, decision.status)
         self.statuses[key] = decision.status
         if status is None:  # a first step: work first, status on the next step
@@ -256,7 +353,13 @@ class Controller:
             return FIRST_STATUS_DELAY
         new_wire = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
         if new_wire != old_wire:
-            self.executor.patch_status(namespace, name, new_wire)
+            try:
+                self.executor.patch_status(namespace, name, new_wire)
+            except ApiError as error:
+                if error.status == 404:  # deleted while this step ran: its children go with it
+                    return None
+                raise
+            self.check_fence()
         carry_out(executor, decision.actions)
         delays = [d for d in (decision.requeue_after,) if d is not None]
         if decision.status.phase not in FINISHED:
@@ -283,6 +386,8 @@ def registry_for(controller: Controller) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     config = controller.config
     runners: list[Any] = []
+    candidacies: list[asyncio.Task[None]] = []
+    elector = elector_for(controller)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -303,12 +408,28 @@ def registry_for(controller: Controller) -> kopf.OperatorRegistry:
         if config.metrics_port:
             controller.metrics.serve(config.metrics_port)
         if config.progress_url:
-            server = ProgressServer(controller.store, review_token(controller.api), read_pod(controller.api))
+            server = ProgressServer(
+                controller.store, review_token(controller.api), read_pod(controller.api),
+                accepting=lambda: controller.leading,
+            )
             runners.append(await serve(server, "0.0.0.0", config.progress_port))
+        if elector is None:
+            controller.lead()
+        else:
+            candidacies.append(asyncio.create_task(elector.run()))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
+        for task in candidacies:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await controller.stop()
+        if elector is not None:
+            elector.step_down()
+            # The standby may start once the Lease is released: let the steps in flight end first.
+            await asyncio.to_thread(controller.wait_quiet, elector.timings.renew_deadline)
+            await asyncio.to_thread(elector.release)
         for runner in runners:
             await runner.cleanup()
 
@@ -317,6 +438,8 @@ def registry_for(controller: Controller) -> kopf.OperatorRegistry:
     async def pipeline_event(
         type: str, event: Mapping[str, Any], namespace: str | None, name: str, **_: Any
     ) -> None:
+        if not controller.leading:  # a standby: the leader it may become lists every pipeline
+            return
         key = (namespace or "", name)
         body = event["object"]
         if type == "DELETED":
@@ -349,6 +472,18 @@ def registry_for(controller: Controller) -> kopf.OperatorRegistry:
             controller.enqueue((namespace, controller.names.get((namespace, value), value)))
 
     return registry
+
+
+def elector_for(controller: Controller) -> leader.Elector | None:
+    """The candidacy of this replica, if leader election is on: it starts and stops `controller`."""
+    candidacy = controller.config.leader_election
+    if candidacy is None:
+        return None
+    # Its own short request timeout: a hung renewal must not outlast the renew deadline.
+    api = Api(controller.api.client, timeout=candidacy.timings.renew_deadline / 2)
+    elector = leader.Elector(api, candidacy, lambda: controller.lead(everything=True), controller.abdicate)
+    controller.fence = elector.leading
+    return elector
 
 
 def review_token(api: Api) -> Any:

@@ -49,10 +49,12 @@ Key = tuple[str, str, str, int]  # namespace, pipeline, workload, attempt
 
 @dataclass
 class ProgressStore:
-    """Epoch reports by workload attempt; `notify` wakes the pipeline's reconcile."""
+    """Epoch reports by workload attempt; `notify` wakes the pipeline's reconcile; `measure` gets each
+    epoch's throughput (namespace, pipeline, workload, samples/s or None), for the metrics."""
 
     events: dict[Key, dict[int, EpochReport]] = field(default_factory=dict)
     notify: Callable[[str, str], None] | None = None
+    measure: Callable[[str, str, str, float | None], None] | None = None
 
     def add(self, key: Key, event: Mapping[str, Any]) -> None:
         if event.get("event") != "epoch" or not isinstance(event.get("epoch"), int):
@@ -64,6 +66,9 @@ class ProgressStore:
         reports = self.events.setdefault(key, {})
         if len(reports) < MAX_EPOCHS:
             reports[int(event["epoch"])] = EpochReport(int(event["epoch"]), metrics, epochs)
+        if self.measure is not None:
+            rate = event.get("samplesPerSecond")
+            self.measure(key[0], key[1], key[2], float(rate) if isinstance(rate, int | float) else None)
         if self.notify is not None:
             self.notify(key[0], key[1])
 
@@ -102,6 +107,7 @@ class ProgressServer:
     read_pod: PodReader
     reviews: dict[str, tuple[float, Key | None]] = field(default_factory=dict)
     buckets: dict[Key, Bucket] = field(default_factory=dict)
+    accepting: Callable[[], bool] = lambda: True  # False on a standby replica (leader election)
 
     def identify(self, token: str) -> Key | None:
         """The workload attempt a token belongs to (its pod's labels), or None if not authentic."""
@@ -130,6 +136,8 @@ class ProgressServer:
         return key
 
     async def handle(self, request: web.Request) -> web.Response:
+        if not self.accepting():
+            return web.json_response({"error": "not the leader"}, status=503)
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             return web.json_response({"error": "a bearer token is required"}, status=401)

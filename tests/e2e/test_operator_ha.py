@@ -1,0 +1,110 @@
+"""Two operator replicas on the real control plane (chart RBAC, KWOK GPU nodes): only the Lease holder
+reconciles, and a SIGKILLed leader is replaced by the standby while a sweep runs, with exactly the
+requested trials, one Job per trial attempt and no AlreadyExists in either log.
+
+Both replicas are `conveyor operator --leader-elect` processes with the chart ServiceAccount's token,
+so a Lease permission missing from the chart's Role fails this test; the trainer is played through
+the `conveyor.dev/sim-*` annotations as in test_operator_kwok.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.helpers.operator_bed import (
+    TIMEOUT,
+    Cluster,
+    OperatorProcess,
+    apply,
+    free_port,
+    leader_election_args,
+    pipeline_manifest,
+    sa_kubeconfig,
+    trial_result,
+)
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def replicas(
+    release: str, restricted: str, kubeconfig: Path, kubectl: str, tmp_path: Path
+) -> Iterator[dict[str, OperatorProcess]]:
+    token = sa_kubeconfig(kubeconfig, kubectl, release, tmp_path / "sa.kubeconfig")
+    made = {
+        name: OperatorProcess(
+            token, restricted, tmp_path, name, leader_election_args(release, name), metrics_port=free_port()
+        )
+        for name in ("a", "b")
+    }
+    for process in made.values():
+        process.start()
+    try:
+        yield made
+    finally:
+        for name, process in made.items():
+            process.kill()
+            print(f"--- replica {name}\n{process.tail()}")
+
+
+def lease_holder(k8s_api: Any, release: str) -> str:
+    lease = client.CoordinationV1Api(k8s_api).read_namespaced_lease("conveyor", release)
+    return str(lease.spec.holder_identity or "")
+
+
+def test_standby_takes_over_from_a_killed_leader_mid_sweep(
+    replicas: dict[str, OperatorProcess],
+    release: str,
+    restricted: str,
+    k8s_api: Any,
+    kubectl: str,
+    kubeconfig: Path,
+    wait_for: Callable[..., Any],
+) -> None:
+    ns = restricted
+    kube = Cluster(k8s_api, ns, wait_for)
+    first = wait_for(lambda: lease_holder(k8s_api, release), TIMEOUT, "a Lease holder")
+    leader, standby = replicas[first], replicas["b" if first == "a" else "a"]
+    created = apply(kubectl, kubeconfig, pipeline_manifest("ha", ns))
+    assert created.returncode == 0, created.stderr
+
+    kube.finish("ha-prepare-0", 1, {"status": "succeeded"})
+    kube.wait_status("ha", lambda s: len(s.get("trials", [])) == 2, "2 running trials")
+    kube.finish(kube.current_job("ha", "trial-0000"), 2, trial_result(0.93))
+    kube.finish(kube.current_job("ha", "trial-0001"), 2, trial_result(0.96))
+    kube.wait_status("ha", lambda s: s.get("tuning", {}).get("succeeded") == 2, "2 trials succeeded")
+    wait_for(lambda: kube.job("ha-trial-0002-0"), TIMEOUT, "Job ha-trial-0002-0")
+
+    # only the leader has reconciled; the standby's watches ran but it queued nothing
+    assert lease_holder(k8s_api, release) == first
+    assert leader.metric("conveyor_operator_leader") == 1 and leader.metric("conveyor_reconciles_total") > 0
+    assert standby.metric("conveyor_operator_leader") == 0
+    assert standby.metric("conveyor_reconciles_total") == 0
+
+    leader.kill()
+    kube.finish("ha-trial-0002-0", 2, trial_result(0.95))
+    # liveness bound only (the hand-over time is measured in benchmarks/operator_failover.py)
+    wait_for(
+        lambda: lease_holder(k8s_api, release) not in ("", first), TIMEOUT, "the standby to take the Lease"
+    )
+    assert wait_for(lambda: standby.metric("conveyor_operator_leader") == 1, TIMEOUT, "the standby to lead")
+    kube.wait_status("ha", lambda s: s.get("tuning", {}).get("succeeded") == 3, "trial-0002 absorbed")
+    kube.finish(kube.current_job("ha", "trial-0003"), 2, trial_result(0.94))
+    status = kube.wait_status("ha", lambda s: s.get("phase") == "Training", "phase Training")
+
+    trials = status["trials"]
+    assert sorted(t["name"] for t in trials) == [f"trial-{n:04d}" for n in range(4)]
+    assert all(t["state"] == "Succeeded" for t in trials)
+    assert status["tuning"]["succeeded"] == 4 and status["tuning"]["failed"] == 0
+    trial_jobs = [j for j in kube.children("ha") if j.startswith("job/ha-trial-")]
+    assert sorted(trial_jobs) == sorted(f"job/ha-{t['name']}-{t.get('attempt', 0)}" for t in trials)
+    assert standby.metric("conveyor_reconciles_total") > 0
+    for process in replicas.values():
+        log = process.log.read_text()
+        assert "AlreadyExists" not in log, process.tail()
+    assert "acquired lease" in standby.log.read_text()
