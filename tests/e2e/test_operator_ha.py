@@ -1,6 +1,7 @@
 """Two operator replicas on the real control plane (chart RBAC, KWOK GPU nodes): only the Lease holder
 reconciles, and a SIGKILLed leader is replaced by the standby while a sweep runs, with exactly the
-requested trials, one Job per trial attempt and no AlreadyExists in either log.
+requested trials, one Job per trial attempt and no AlreadyExists in either log; and an epoch event
+POSTed to the standby's progress endpoint reaches the leader (which advertises it on the Lease).
 
 Both replicas are `conveyor operator --leader-elect` processes with the chart ServiceAccount's token,
 so a Lease permission missing from the chart's Role fails this test; the trainer is played through
@@ -24,6 +25,7 @@ from tests.helpers.operator_bed import (
     free_port,
     leader_election_args,
     pipeline_manifest,
+    post_epoch,
     sa_kubeconfig,
     trial_result,
 )
@@ -55,6 +57,58 @@ def replicas(
 def lease_holder(k8s_api: Any, release: str) -> str:
     lease = client.CoordinationV1Api(k8s_api).read_namespaced_lease("conveyor", release)
     return str(lease.spec.holder_identity or "")
+
+
+def lease_annotations(k8s_api: Any, release: str) -> dict[str, str]:
+    lease = client.CoordinationV1Api(k8s_api).read_namespaced_lease("conveyor", release)
+    return dict(lease.metadata.annotations or {})
+
+
+def test_the_standby_forwards_epoch_events_to_the_leader(
+    replicas: dict[str, OperatorProcess],
+    release: str,
+    restricted: str,
+    k8s_api: Any,
+    kubectl: str,
+    kubeconfig: Path,
+    wait_for: Callable[..., Any],
+) -> None:
+    """The progress Service may send a pod's POST to either replica: the standby passes it on to the
+    endpoint on the Lease, the leader authenticates it (TokenReview) and keeps the epoch."""
+    ns = restricted
+    kube = Cluster(k8s_api, ns, wait_for)
+    first = wait_for(lambda: lease_holder(k8s_api, release), TIMEOUT, "a Lease holder")
+    leader, standby = replicas[first], replicas["b" if first == "a" else "a"]
+    advertised = f"http://127.0.0.1:{leader.progress_port}"
+    wait_for(
+        lambda: lease_annotations(k8s_api, release).get("conveyor.dev/progress-endpoint") == advertised,
+        TIMEOUT,
+        "the leader's progress endpoint on the Lease",
+    )
+    manifest = pipeline_manifest("fwd", ns, ensemble=None, serving=None)
+    manifest["spec"]["tuning"].update({"trials": 1, "parallelism": 1})
+    manifest["spec"]["training"]["epochs"] = 5
+    created = apply(kubectl, kubeconfig, manifest)
+    assert created.returncode == 0, created.stderr
+    kube.finish(kube.current_job("fwd", "prepare"), 1, {"status": "succeeded"})
+    token = kube.progress_token(kube.current_job("fwd", "trial-0000"), kubectl, kubeconfig)
+
+    event = {"event": "epoch", "epoch": 1, "epochs": 5, "metrics": {"accuracy": 0.91}}
+    # 503 only until the standby has read the Lease since the leader advertised (one retry period)
+    answer = wait_for(
+        lambda: (lambda code: code if code != 503 else None)(post_epoch(standby.progress_port, token, event)),
+        TIMEOUT,
+        "the standby to forward",
+    )
+    assert answer == 202
+    second = {**event, "epoch": 2, "metrics": {"accuracy": 0.92}}
+    assert post_epoch(standby.progress_port, token, second) == 202
+    assert post_epoch(standby.progress_port, "not-a-token", event) == 403  # the leader's verdict
+    status = kube.wait_status("fwd", lambda s: s["trials"][0].get("epoch") == 2, "epochs of trial-0000")
+    assert status["trials"][0]["values"] == [0.91, 0.92]
+    assert leader.metric("conveyor_training_epochs_total") >= 2
+    assert standby.metric("conveyor_training_epochs_total") == 0
+    assert standby.metric("conveyor_reconciles_total") == 0
 
 
 def test_standby_takes_over_from_a_killed_leader_mid_sweep(

@@ -11,9 +11,6 @@ with an exit code and the termination message a real trainer writes.
 from __future__ import annotations
 
 import contextlib
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ from tests.helpers.operator_bed import (
     env_of,
     eval_result,
     pipeline_manifest,
+    post_epoch,
     sh,
     trial_result,
 )
@@ -212,20 +210,6 @@ def test_invalid_manifests_rejected_by_the_api_server(
         sh(kubectl, "--kubeconfig", str(kubeconfig), "-n", namespace, "delete", "tp", "invalid", check=False)
 
 
-def post_epoch(port: int, token: str, event: dict[str, Any]) -> int:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/progress",
-        data=json.dumps(event).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            return int(reply.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-
-
 def test_progress_endpoint_drives_pruning(
     operator: OperatorProcess,
     restricted: str,
@@ -245,29 +229,7 @@ def test_progress_endpoint_drives_pruning(
     kube.finish(kube.current_job("prune", "prepare"), 1, {"status": "succeeded"})
 
     def token_for(job: str) -> str:
-        pod = next(
-            p
-            for p in kube.running_pods(job, 2)
-            if p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index") == "0"
-        )
-        return sh(
-            kubectl,
-            "--kubeconfig",
-            str(kubeconfig),
-            "-n",
-            ns,
-            "create",
-            "token",
-            "default",
-            "--audience",
-            "conveyor.dev",
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            pod["metadata"]["name"],
-            "--bound-object-uid",
-            pod["metadata"]["uid"],
-        ).stdout.strip()
+        return kube.progress_token(job, kubectl, kubeconfig)
 
     good = kube.current_job("prune", "trial-0000")
     token = token_for(good)

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -100,6 +101,8 @@ class OperatorProcess:
             f"http://{self.progress_host}:{self.progress_port}",
             "--progress-port",
             str(self.progress_port),
+            "--progress-advertise-url",  # what a leader puts on its Lease (leader election only)
+            f"http://127.0.0.1:{self.progress_port}",
             "--resync",
             "1",
             *self.extra,
@@ -126,6 +129,21 @@ class OperatorProcess:
             for line in text.splitlines()
             if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{")
         )
+
+
+def post_epoch(port: int, token: str, event: dict[str, Any], headers: dict[str, str] | None = None) -> int:
+    """POST one epoch event to a progress endpoint on this machine, as the trainer does; the status."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/progress",
+        data=json.dumps(event).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json", **(headers or {})},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
 
 
 def sa_kubeconfig(kubeconfig: Path, kubectl: str, release: str, path: Path) -> Path:
@@ -315,6 +333,33 @@ class Cluster:
 
         result: str = self.wait_for(find, TIMEOUT, f"the Job of {workload}")
         return result
+
+    def progress_token(self, job: str, kubectl: str, kubeconfig: Path) -> str:
+        """A projected token for the progress audience, bound to rank 0's pod of `job` (2 running), as
+        the kubelet mounts it for the trainer."""
+        pod = next(
+            p
+            for p in self.running_pods(job, 2)
+            if p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index") == "0"
+        )
+        return sh(
+            kubectl,
+            "--kubeconfig",
+            str(kubeconfig),
+            "-n",
+            self.namespace,
+            "create",
+            "token",
+            "default",
+            "--audience",
+            "conveyor.dev",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            pod["metadata"]["name"],
+            "--bound-object-uid",
+            pod["metadata"]["uid"],
+        ).stdout.strip()
 
     def children(self, name: str) -> list[str]:
         selector = f"conveyor.dev/pipeline={name}"

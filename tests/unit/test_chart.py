@@ -83,7 +83,8 @@ def test_operator_pod_is_locked_down() -> None:
 
 
 def test_operator_network_policy() -> None:
-    """Its own ports in (progress only from pipelines' pods, in any namespace), DNS and the API out."""
+    """Its own ports in (progress only from pipelines' pods, in any namespace, and its replicas), DNS,
+    the API and its replicas' progress port out."""
     deployment = next(o for o in render() if o["kind"] == "Deployment")
     (policy,) = [o for o in render() if o["kind"] == "NetworkPolicy"]  # workloads' are opt-in
     spec = policy["spec"]
@@ -93,14 +94,20 @@ def test_operator_network_policy() -> None:
     pods = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
     assert set(ports) == {p["name"] for p in pods} == {"metrics", "progress", "health"}
     managed = {"matchLabels": {"app.kubernetes.io/managed-by": builders.FIELD_MANAGER}}
-    assert ports["progress"] == [{"namespaceSelector": {}, "podSelector": managed}]
+    replicas = {"matchLabels": spec["podSelector"]["matchLabels"]}
+    # pipelines' pods, and the other replicas (a standby forwards epoch events to the leader)
+    assert ports["progress"] == [{"namespaceSelector": {}, "podSelector": managed}, {"podSelector": replicas}]
     assert ports["metrics"] is None and ports["health"] is None
     egress = [port["port"] for rule in spec["egress"] for port in rule["ports"]]
-    assert egress == [53, 53, 443, 6443]
+    assert egress == [53, 53, 443, 6443, "progress"]
+    assert spec["egress"][-1]["to"] == [{"podSelector": replicas}]
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}  # advertised
     narrowed = render("networkPolicy.apiServerCIDRs={10.0.0.1/32}", "progress.enabled=false")
     spec = next(o for o in narrowed if o["kind"] == "NetworkPolicy")["spec"]
     assert spec["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
     assert {rule["ports"][0]["port"] for rule in spec["ingress"]} == {"metrics", "health"}
+    assert [port["port"] for rule in spec["egress"] for port in rule["ports"]] == [53, 53, 443, 6443]
     assert not [o for o in render("networkPolicy.enabled=false") if o["kind"] == "NetworkPolicy"]
 
 

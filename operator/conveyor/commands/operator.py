@@ -36,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="URL pods POST epoch events to (this operator's progress Service); unset: no live progress",
     )
     parser.add_argument("--progress-port", type=int, default=8081)
+    parser.add_argument(
+        "--progress-advertise-url", default=env("CONVEYOR_PROGRESS_ADVERTISE_URL"),
+        help="this replica's own progress endpoint, advertised on the Lease while it leads so standbys "
+        "forward pods' events to it (default: http://$POD_IP:<progress port>)",
+    )
     parser.add_argument("--metrics-port", type=int, default=8080, help="0 disables /metrics")
     parser.add_argument("--health-port", type=int, default=8082, help="0 disables /healthz")
     parser.add_argument(
@@ -90,6 +95,9 @@ def handle(args: argparse.Namespace) -> int:
             args.leader_election_id,
             args.identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}",
             leader.Timings(args.lease_duration, args.renew_deadline, args.retry_period),
+            advertise_url(args.progress_advertise_url, os.environ.get("POD_IP"), args.progress_port)
+            if args.progress_url
+            else None,
         )
     config = OperatorConfig(
         namespaces=tuple(args.namespace),
@@ -106,3 +114,13 @@ def handle(args: argparse.Namespace) -> int:
     )
     run(config)
     return 0
+
+
+def advertise_url(explicit: str | None, pod_ip: str | None, port: int) -> str | None:
+    """Where this replica's progress endpoint is reachable from the other replicas: the flag, else the
+    pod's IP (the chart sets POD_IP from the downward API), else nowhere (standbys answer 503)."""
+    if explicit:
+        return explicit
+    if not pod_ip:
+        return None
+    return f"http://[{pod_ip}]:{port}" if ":" in pod_ip else f"http://{pod_ip}:{port}"

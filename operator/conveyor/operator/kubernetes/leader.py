@@ -14,6 +14,9 @@ functions with table tests (`verdict`, `sight`, `claimed`) and its I/O is a GET 
   than `lease` after it SAW that claim, which is later, so the old leader has stopped (its workers
   cancelled, `leading()` false for the steps still in flight) at least `lease - renew_deadline`
   before a new one can start. A leader that sees another holder stops at once.
+- The holder may advertise where its progress endpoint is reachable (`ENDPOINT`, an annotation written
+  with every claim, dropped on release); standbys read it with every look (`advertised`) and forward
+  pods' epoch pushes there (statusserver).
 - A replica that stops gracefully clears the holder, so a rolling update hands over at the standby's
   next retry instead of a lease duration later. A SIGKILLed leader hands over within `lease` plus
   up to two `retry` periods (one to see its last renewal, one to notice the expiry).
@@ -35,6 +38,8 @@ from conveyor.operator.kubernetes.executor import Api, ApiError
 log = logging.getLogger("conveyor.operator.leader")
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+
+ENDPOINT = "conveyor.dev/progress-endpoint"  # the holder's progress endpoint (annotation on the Lease)
 
 Verdict = Literal["create", "renew", "acquire", "wait"]
 
@@ -91,6 +96,15 @@ def verdict(lease: Mapping[str, Any] | None, identity: str, seen: Sighting | Non
     return "wait"
 
 
+def advertised(lease: Mapping[str, Any] | None, identity: str) -> str | None:
+    """The progress endpoint another replica advertises while it holds `lease` (None: none, no
+    holder, or this replica holds it). Only an http(s) URL; the caller adds the path."""
+    if lease is None or holder(lease) in ("", identity):
+        return None
+    url = str(((lease.get("metadata") or {}).get("annotations") or {}).get(ENDPOINT) or "")
+    return url.rstrip("/") if url.startswith(("http://", "https://")) else None
+
+
 def micro_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -102,10 +116,12 @@ def claimed(
     name: str,
     timings: Timings,
     now: datetime,
+    endpoint: str | None = None,
 ) -> dict[str, Any]:
     """The Lease to write to hold it as `identity` from `now`: renewed, and for a new holder also
     acquired anew with one more transition. The resourceVersion read is kept (the write's guard).
-    The duration is rounded up: others must never wait less than this replica's fence assumes."""
+    The duration is rounded up: others must never wait less than this replica's fence assumes.
+    `endpoint` is advertised (ENDPOINT); without one, a previous holder's is dropped."""
     spec = dict((lease or {}).get("spec") or {})
     stamp = micro_time(now)
     if holder(lease or {}) != identity:
@@ -113,26 +129,31 @@ def claimed(
         spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + (1 if lease else 0)
     spec.update(holderIdentity=identity, leaseDurationSeconds=math.ceil(timings.lease), renewTime=stamp)
     metadata: dict[str, Any] = {"name": name, "namespace": namespace}
-    version = ((lease or {}).get("metadata") or {}).get("resourceVersion")
-    if version:
-        metadata["resourceVersion"] = version
+    read = (lease or {}).get("metadata") or {}
+    annotations = {k: v for k, v in (read.get("annotations") or {}).items() if k != ENDPOINT}
+    if endpoint:
+        annotations[ENDPOINT] = endpoint
+    if annotations:
+        metadata["annotations"] = annotations
+    if read.get("resourceVersion"):
+        metadata["resourceVersion"] = read["resourceVersion"]
     return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
 
 
 def released(lease: Mapping[str, Any]) -> dict[str, Any]:
-    """The Lease with no holder (what a gracefully stopping leader writes), guarded like a claim."""
+    """The Lease with no holder and no advertised endpoint (what a gracefully stopping leader
+    writes), guarded like a claim."""
     spec = {k: v for k, v in (lease.get("spec") or {}).items() if k != "holderIdentity"}
     meta = lease["metadata"]
-    return {
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "resourceVersion": meta["resourceVersion"],
-        },
-        "spec": spec,
+    metadata: dict[str, Any] = {
+        "name": meta["name"],
+        "namespace": meta["namespace"],
+        "resourceVersion": meta["resourceVersion"],
     }
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != ENDPOINT}
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
 
 
 def _noop() -> None:
@@ -147,6 +168,7 @@ class Candidacy:
     name: str
     identity: str
     timings: Timings = field(default_factory=Timings)
+    endpoint: str | None = None  # this replica's progress endpoint, advertised while it leads
 
 
 @dataclass
@@ -162,6 +184,7 @@ class Elector:
     seen: Sighting | None = None
     renewed_at: float | None = None  # monotonic time the last successful claim was sent
     is_leader: bool = False  # what the callbacks were last told
+    peer: str | None = None  # the progress endpoint the current holder advertises, if another replica
     _fence: asyncio.TimerHandle | None = None
 
     def __post_init__(self) -> None:
@@ -184,11 +207,15 @@ class Elector:
                 raise
             lease = None
         now = time.monotonic()
+        self.peer = advertised(lease, self.identity)
         self.seen = sight(lease, self.seen, now) if lease is not None else None
         action = verdict(lease, self.identity, self.seen, now)
         if action == "wait":
             return None
-        body = claimed(lease, self.identity, self.namespace, self.name, self.timings, datetime.now(UTC))
+        body = claimed(
+            lease, self.identity, self.namespace, self.name, self.timings, datetime.now(UTC),
+            self.candidacy.endpoint,
+        )
         try:
             if action == "create":
                 self.api.request("POST", LEASES.format(ns=self.namespace), body)

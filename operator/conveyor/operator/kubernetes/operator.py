@@ -35,7 +35,8 @@ Why these choices:
   lists every pipeline and reconciles each once (what happened meanwhile is all in status and in
   the cluster); a leader that loses its Lease cancels its workers at once, and a step still in a
   thread checks `fence` before each write (`leader` explains why that is before anyone else leads).
-  A standby answers the progress endpoint with 503: epochs reach only the leader's store.
+  Epochs reach only the leader's store: a standby forwards progress POSTs to the endpoint the leader
+  advertises on its Lease (statusserver), and answers 503 only while no leader is reachable.
 """
 
 from __future__ import annotations
@@ -411,6 +412,7 @@ def registry_for(controller: Controller) -> kopf.OperatorRegistry:
             server = ProgressServer(
                 controller.store, review_token(controller.api), read_pod(controller.api),
                 accepting=lambda: controller.leading,
+                leader_endpoint=lambda: elector.peer if elector is not None else None,
             )
             runners.append(await serve(server, "0.0.0.0", config.progress_port))
         if elector is None:

@@ -14,6 +14,11 @@ collector pains, anchors §6 #8). Kubeflow Trainer's status server is the model:
   per token for a minute.
 - Each pod is rate-limited (token bucket: 5 events/s, burst 20; 429 beyond) and bodies are capped
   at 16 KiB.
+- Only the leader (leader election) keeps events; the progress Service spreads pods over every
+  replica, so a standby forwards each POST (same body and Authorization header, a short timeout) to
+  the endpoint the leader advertises on its Lease (`leader.advertised`, never an address from the
+  request) and answers with the leader's status; the leader authenticates it as usual. No leader
+  known, or the leader unreachable: 503, as is a forwarded request reaching a non-leader (no loops).
 
 Events are kept in memory (`ProgressStore`) per (namespace, pipeline, workload, attempt); the engine
 copies every epoch's objective into status on the next reconcile, so an operator restart loses at most
@@ -23,6 +28,7 @@ the epochs not yet absorbed, never a result: final results travel through the te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,6 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from conveyor.operator.engine.observations import EpochReport
@@ -43,6 +50,9 @@ RATE_PER_SECOND = 5.0
 BURST = 20.0
 REVIEW_TTL_SECONDS = 60.0
 MAX_EPOCHS = 10_000
+FORWARD_TIMEOUT_SECONDS = 3.0
+FORWARDED = "X-Conveyor-Forwarded"  # set on a standby's forward: the receiver never forwards again
+PATH = "/v1/progress"
 
 Key = tuple[str, str, str, int]  # namespace, pipeline, workload, attempt
 
@@ -100,6 +110,14 @@ Reviewer = Callable[[str], Mapping[str, Any] | None]  # token -> TokenReview sta
 PodReader = Callable[[str, str], Mapping[str, Any] | None]  # (namespace, name) -> pod
 
 
+def forward_target(leader_endpoint: str | None, headers: Mapping[str, str]) -> str | None:
+    """Where a standby sends a POST it received: the leader's advertised endpoint, unless there is
+    none or the request was itself forwarded (then 503)."""
+    if not leader_endpoint or FORWARDED in headers:
+        return None
+    return leader_endpoint.rstrip("/") + PATH
+
+
 @dataclass
 class ProgressServer:
     store: ProgressStore
@@ -108,6 +126,8 @@ class ProgressServer:
     reviews: dict[str, tuple[float, Key | None]] = field(default_factory=dict)
     buckets: dict[Key, Bucket] = field(default_factory=dict)
     accepting: Callable[[], bool] = lambda: True  # False on a standby replica (leader election)
+    leader_endpoint: Callable[[], str | None] = lambda: None  # the leader's, from its Lease (standby)
+    session: aiohttp.ClientSession | None = None
 
     def identify(self, token: str) -> Key | None:
         """The workload attempt a token belongs to (its pod's labels), or None if not authentic."""
@@ -135,9 +155,40 @@ class ProgressServer:
         self.reviews[digest] = (time.monotonic(), key)
         return key
 
+    async def forward(self, request: web.Request) -> web.Response:
+        """A standby's answer: the leader's, to the same request sent on to it (503 if it cannot be)."""
+        target = forward_target(self.leader_endpoint(), request.headers)
+        if target is None:
+            return web.json_response({"error": "not the leader"}, status=503)
+        if (request.content_length or 0) > MAX_BODY:
+            return web.json_response({"error": "body too large"}, status=413)
+        body = await request.content.read(MAX_BODY + 1)
+        if len(body) > MAX_BODY:
+            return web.json_response({"error": "body too large"}, status=413)
+        headers = {"Content-Type": "application/json", FORWARDED: "1"}
+        if "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
+        if self.session is None:
+            self.session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_SECONDS)
+            )
+        try:
+            async with self.session.post(target, data=body, headers=headers, allow_redirects=False) as reply:
+                answer = await reply.read()
+                return web.Response(body=answer, status=reply.status, content_type="application/json")
+        except (aiohttp.ClientError, TimeoutError) as error:
+            log.warning("progress event not forwarded to the leader at %s: %s", target, error)
+            return web.json_response({"error": "not the leader, and the leader is unreachable"}, status=503)
+
+    async def close(self, _: web.Application | None = None) -> None:
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                await self.session.close()
+            self.session = None
+
     async def handle(self, request: web.Request) -> web.Response:
         if not self.accepting():
-            return web.json_response({"error": "not the leader"}, status=503)
+            return await self.forward(request)
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             return web.json_response({"error": "a bearer token is required"}, status=401)
@@ -159,8 +210,9 @@ class ProgressServer:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
-        app.router.add_post("/v1/progress", self.handle)
+        app.router.add_post(PATH, self.handle)
         app.router.add_get("/healthz", healthz)
+        app.on_cleanup.append(self.close)
         return app
 
 
