@@ -59,6 +59,14 @@ def lease_holder(k8s_api: Any, release: str) -> str:
     return str(lease.spec.holder_identity or "")
 
 
+def leader_and_standby(
+    replicas: dict[str, OperatorProcess], k8s_api: Any, release: str, wait_for: Callable[..., Any]
+) -> tuple[OperatorProcess, OperatorProcess]:
+    """The replica holding the Lease (once one does), and the other one."""
+    first = wait_for(lambda: lease_holder(k8s_api, release), TIMEOUT, "a Lease holder")
+    return replicas[first], replicas["b" if first == "a" else "a"]
+
+
 def lease_annotations(k8s_api: Any, release: str) -> dict[str, str]:
     lease = client.CoordinationV1Api(k8s_api).read_namespaced_lease("conveyor", release)
     return dict(lease.metadata.annotations or {})
@@ -77,8 +85,7 @@ def test_the_standby_forwards_epoch_events_to_the_leader(
     endpoint on the Lease, the leader authenticates it (TokenReview) and keeps the epoch."""
     ns = restricted
     kube = Cluster(k8s_api, ns, wait_for)
-    first = wait_for(lambda: lease_holder(k8s_api, release), TIMEOUT, "a Lease holder")
-    leader, standby = replicas[first], replicas["b" if first == "a" else "a"]
+    leader, standby = leader_and_standby(replicas, k8s_api, release, wait_for)
     advertised = f"http://127.0.0.1:{leader.progress_port}"
     wait_for(
         lambda: lease_annotations(k8s_api, release).get("conveyor.dev/progress-endpoint") == advertised,
@@ -122,8 +129,7 @@ def test_standby_takes_over_from_a_killed_leader_mid_sweep(
 ) -> None:
     ns = restricted
     kube = Cluster(k8s_api, ns, wait_for)
-    first = wait_for(lambda: lease_holder(k8s_api, release), TIMEOUT, "a Lease holder")
-    leader, standby = replicas[first], replicas["b" if first == "a" else "a"]
+    leader, standby = leader_and_standby(replicas, k8s_api, release, wait_for)
     created = apply(kubectl, kubeconfig, pipeline_manifest("ha", ns))
     assert created.returncode == 0, created.stderr
 
@@ -135,7 +141,7 @@ def test_standby_takes_over_from_a_killed_leader_mid_sweep(
     wait_for(lambda: kube.job("ha-trial-0002-0"), TIMEOUT, "Job ha-trial-0002-0")
 
     # only the leader has reconciled; the standby's watches ran but it queued nothing
-    assert lease_holder(k8s_api, release) == first
+    assert lease_holder(k8s_api, release) == leader.name
     assert leader.metric("conveyor_operator_leader") == 1 and leader.metric("conveyor_reconciles_total") > 0
     assert standby.metric("conveyor_operator_leader") == 0
     assert standby.metric("conveyor_reconciles_total") == 0
@@ -144,7 +150,7 @@ def test_standby_takes_over_from_a_killed_leader_mid_sweep(
     kube.finish("ha-trial-0002-0", 2, trial_result(0.95))
     # liveness bound only (the hand-over time is measured in benchmarks/operator_failover.py)
     wait_for(
-        lambda: lease_holder(k8s_api, release) not in ("", first), TIMEOUT, "the standby to take the Lease"
+        lambda: lease_holder(k8s_api, release) == standby.name, TIMEOUT, "the standby to take the Lease"
     )
     assert wait_for(lambda: standby.metric("conveyor_operator_leader") == 1, TIMEOUT, "the standby to lead")
     kube.wait_status("ha", lambda s: s.get("tuning", {}).get("succeeded") == 3, "trial-0002 absorbed")

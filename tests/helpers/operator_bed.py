@@ -74,6 +74,7 @@ class OperatorProcess:
     ) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
+        self.name = name
         self.log = workdir / f"{name}.log"
         self.extra = list(extra)
         self.metrics_port = metrics_port

@@ -4,10 +4,11 @@ Each workload runs exactly as it would in pods: the same trainer command line an
 environment contract (`conveyor.operator.workloads`), with the rendezvous host being 127.0.0.1 instead
 of rank 0's DNS name. Cold (`warm=False`), a distributed job is `workers` torchrun agents (one per
 would-be pod) with `processesPerWorker` processes each. Warm (`conveyor run`'s default), every process
-is forked from one fork server that imported torch and the trainer once (`executors.forkserver`), with
-the environment torchrun would have given it and rank 0 hosting the rendezvous store as `env://`
-does: what a trial pays to start is a fork, not an agent and interpreters importing torch. Workloads
-with their own `spec.env` start cold, since a forked process cannot honour variables read at import.
+is forked from one fork server that imported torch and the trainer once (`conveyor.trainer.forkserver`,
+driven through `executors.forkserver`), with the environment torchrun would have given it and rank 0
+hosting the rendezvous store as `env://` does: what a trial pays to start is a fork, not an agent and
+interpreters importing torch. Workloads with their own `spec.env` start cold, since a forked process
+cannot honour variables read at import.
 Every process gets its own session, so stopping a workload (a pruned trial, Ctrl-C) takes its whole
 process tree down; warm processes, the fork server and the model server die with `conveyor run` even
 when it is killed with SIGKILL.
