@@ -62,17 +62,13 @@ class WorkloadObservation:
         attempt: int = 0,
         **kwargs: Any,
     ) -> WorkloadObservation:
-        """Build from progress events as the trainer writes them: epoch events and an optional result."""
-        epochs: list[EpochReport] = []
-        result = kwargs.pop("result", None)
-        for event in events:
-            if event.get("event") == "epoch":
-                epochs.append(
-                    EpochReport(int(event["epoch"]), dict(event.get("metrics", {})), event.get("epochs"))
-                )
-            elif event.get("event") == "result":
-                result = dict(event)
-        return cls(state=state, attempt=attempt, epochs=tuple(epochs), result=result, **kwargs)
+        """Build from the epoch events in `progress.jsonl` (the result travels apart, in `result`)."""
+        epochs = tuple(
+            EpochReport(int(event["epoch"]), dict(event.get("metrics", {})), event.get("epochs"))
+            for event in events
+            if event.get("event") == "epoch"
+        )
+        return cls(state=state, attempt=attempt, epochs=epochs, **kwargs)
 
 
 @dataclass(frozen=True)
