@@ -20,15 +20,12 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from conveyor.operator.api.resource import load_manifest
-from conveyor.operator.api.status import PipelineStatus
-from conveyor.operator.localrun import LocalRun
+from tuning_common import run_pipeline
 
 REFERENCE = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "digits.yaml"
 ARMS = {
@@ -50,16 +47,6 @@ def manifest(arm: dict[str, str], seed: int, trials: int, epochs: int, early_sto
     return yaml.safe_dump(doc)
 
 
-def tuned(status: PipelineStatus) -> bool:
-    """Whether the tuning stage is done (or the whole pipeline is)."""
-    stage = status.stages.tune
-    return status.phase in ("Failed", "Succeeded") or (stage is not None and stage.state == "Succeeded")
-
-
-def finished(status: PipelineStatus) -> bool:
-    return status.phase in ("Failed", "Succeeded")
-
-
 def run_arm(
     arm: dict[str, str],
     seed: int,
@@ -69,33 +56,13 @@ def run_arm(
     early_stopping: bool = False,
     test: bool = False,
 ) -> dict[str, Any]:
-    pipeline = load_manifest(manifest(arm, seed, trials, epochs, early_stopping))[0]
-    run = LocalRun.create(pipeline, workdir / f"{arm['algorithm']}-{seed}", serve=False)
-    started = time.monotonic()
-    try:
-        status = run.run(until=finished if test else tuned)
-    finally:
-        run.shutdown()
-    values = [t.value for t in status.trials if t.value is not None]
-    model = status.evaluation.model if status.evaluation else None
+    outcome = run_pipeline(
+        manifest(arm, seed, trials, epochs, early_stopping), workdir / f"{arm['algorithm']}-{seed}", test
+    )
     return {
-        "best": max(values) if values else None,
-        "testAccuracy": (model or {}).get("accuracy"),
-        "trialEpochs": sum(len(t.values) for t in status.trials),
-        "pruned": sum(t.state == "Pruned" for t in status.trials),
-        "seconds": round(time.monotonic() - started, 1),
-        "trials": [
-            {
-                "number": t.number,
-                "state": t.state,
-                "reason": t.reason,
-                "message": t.message,
-                "params": t.params,
-                "value": t.value,
-                "values": t.values,
-            }
-            for t in status.trials
-        ],
+        "best": outcome["best"],
+        "testAccuracy": outcome["test"],
+        **{k: outcome[k] for k in ("trialEpochs", "pruned", "seconds", "trials")},
     }
 
 

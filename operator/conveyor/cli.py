@@ -1,5 +1,5 @@
-"""The `conveyor` command: run a pipeline locally, validate manifests, render what the operator would
-create, print the CRD, run the operator.
+"""The `conveyor` command: run a pipeline locally, validate manifests, apply one with its code to a
+cluster, render what the operator would create, print the CRD, run the operator.
 
 Each subcommand is a module in `conveyor.commands` with `register(subparsers)` (cheap: argparse only)
 and the work behind it imported lazily, so `conveyor validate` and `conveyor operator` never load torch.
@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Module names under conveyor.commands, in the order `conveyor --help` lists them.
-COMMANDS = ("run", "status", "validate", "render", "crd", "operator", "logs")
+COMMANDS = ("run", "status", "validate", "apply", "render", "crd", "operator", "logs")
 
 
 def build_parser() -> argparse.ArgumentParser:

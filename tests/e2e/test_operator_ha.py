@@ -19,6 +19,7 @@ from kubernetes import client
 
 from tests.helpers.operator_bed import (
     TIMEOUT,
+    TLS_SECRET,
     Cluster,
     OperatorProcess,
     apply,
@@ -40,7 +41,13 @@ def replicas(
     token = sa_kubeconfig(kubeconfig, kubectl, release, tmp_path / "sa.kubeconfig")
     made = {
         name: OperatorProcess(
-            token, restricted, tmp_path, name, leader_election_args(release, name), metrics_port=free_port()
+            token,
+            restricted,
+            tmp_path,
+            name,
+            leader_election_args(release, name),
+            metrics_port=free_port(),
+            tls_secret=f"{release}/{TLS_SECRET}",  # both replicas: certificates of the one CA
         )
         for name in ("a", "b")
     }
@@ -86,7 +93,9 @@ def test_the_standby_forwards_epoch_events_to_the_leader(
     ns = restricted
     kube = Cluster(k8s_api, ns, wait_for)
     leader, standby = leader_and_standby(replicas, k8s_api, release, wait_for)
-    advertised = f"http://127.0.0.1:{leader.progress_port}"
+    advertised = f"https://127.0.0.1:{leader.progress_port}"
+    ca = leader.ca()
+    assert standby.ca() == ca  # one CA: whichever replica created the Secret, the other read it
     wait_for(
         lambda: lease_annotations(k8s_api, release).get("conveyor.dev/progress-endpoint") == advertised,
         TIMEOUT,
@@ -103,14 +112,16 @@ def test_the_standby_forwards_epoch_events_to_the_leader(
     event = {"event": "epoch", "epoch": 1, "epochs": 5, "metrics": {"accuracy": 0.91}}
     # 503 only until the standby has read the Lease since the leader advertised (one retry period)
     answer = wait_for(
-        lambda: (lambda code: code if code != 503 else None)(post_epoch(standby.progress_port, token, event)),
+        lambda: (lambda code: code if code != 503 else None)(
+            post_epoch(standby.progress_port, token, event, ca=ca)
+        ),
         TIMEOUT,
         "the standby to forward",
     )
     assert answer == 202
     second = {**event, "epoch": 2, "metrics": {"accuracy": 0.92}}
-    assert post_epoch(standby.progress_port, token, second) == 202
-    assert post_epoch(standby.progress_port, "not-a-token", event) == 403  # the leader's verdict
+    assert post_epoch(standby.progress_port, token, second, ca=ca) == 202
+    assert post_epoch(standby.progress_port, "not-a-token", event, ca=ca) == 403  # the leader's verdict
     status = kube.wait_status("fwd", lambda s: s["trials"][0].get("epoch") == 2, "epochs of trial-0000")
     assert status["trials"][0]["values"] == [0.91, 0.92]
     assert leader.metric("conveyor_training_epochs_total") >= 2

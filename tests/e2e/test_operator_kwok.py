@@ -233,12 +233,15 @@ def test_progress_endpoint_drives_pruning(
 
     good = kube.current_job("prune", "trial-0000")
     token = token_for(good)
-    assert post_epoch(operator.progress_port, "not-a-token", {"event": "epoch", "epoch": 1}) == 403
+    # over HTTPS to the address pods use, verified against the CA the operator created, as pods do
+    endpoint = {"ca": operator.ca(), "host": operator.progress_host}
+    first = {"event": "epoch", "epoch": 1}
+    assert post_epoch(operator.progress_port, "not-a-token", first, **endpoint) == 403
     admin_token = sh(kubectl, "--kubeconfig", str(kubeconfig), "-n", ns, "create", "token", "default").stdout
-    assert post_epoch(operator.progress_port, admin_token.strip(), {"event": "epoch", "epoch": 1}) == 403
+    assert post_epoch(operator.progress_port, admin_token.strip(), first, **endpoint) == 403
     for epoch in range(1, 6):
         event = {"event": "epoch", "epoch": epoch, "epochs": 5, "metrics": {"accuracy": 0.9 + epoch / 100}}
-        assert post_epoch(operator.progress_port, token, event) == 202
+        assert post_epoch(operator.progress_port, token, event, **endpoint) == 202
     status = kube.wait_status("prune", lambda s: s["trials"][0].get("epoch") == 5, "epochs of trial-0000")
     assert status["trials"][0]["values"] == [0.91, 0.92, 0.93, 0.94, 0.95]
     kube.finish(good, 2, trial_result(0.95))
@@ -247,7 +250,7 @@ def test_progress_endpoint_drives_pruning(
     token = token_for(bad)
     for epoch in range(1, 4):
         event = {"event": "epoch", "epoch": epoch, "epochs": 5, "metrics": {"accuracy": 0.1}}
-        post_epoch(operator.progress_port, token, event)
+        post_epoch(operator.progress_port, token, event, **endpoint)
     status = kube.wait_status(
         "prune", lambda s: any(t["state"] == "Pruned" for t in s.get("trials", [])), "a pruned trial"
     )

@@ -235,4 +235,47 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("wrong-api-version", _set("apiVersion", "conveyor.dev/v1"), "apiVersion", "v1alpha1"),
     ("wrong-kind", _set("kind", "TrainJob"), "kind", "TrainingPipeline"),
     ("no-spec", _set("spec", DELETE), "spec", "required"),
+    (
+        "entrypoint-is-not-tunable",
+        _set(
+            "spec.tuning.parameters.1", {"name": "model.entrypoint", "type": "categorical", "values": ["a:b"]}
+        ),
+        "spec.tuning.parameters[1].name",
+        "not tunable",
+    ),
+    (
+        "pruner-on-user-loop-without-max-steps",
+        _set("spec.training.entrypoint", "mypkg.loop:train"),
+        "spec.tuning.pruner",
+        "maxSteps",
+    ),
+    (
+        "warmup-steps-on-conveyors-loop",
+        _set("spec.tuning.warmupSteps", 10),
+        "spec.tuning.warmupSteps",
+        "warmupEpochs",
+    ),
+    (
+        "warmup-steps-past-max-steps",
+        lambda d: (
+            d["spec"]["training"].update({"entrypoint": "mypkg.loop:train", "maxSteps": 100}),
+            d["spec"]["tuning"].update({"warmupSteps": 100}),
+        ),
+        "spec.tuning.warmupSteps",
+        "maxSteps",
+    ),
+    (
+        "command-names-an-unknown-parameter",
+        lambda d: d["spec"]["training"].update(
+            {"command": ["python", "train.py", "--m", "{{params.optimizer.momentum}}"], "maxSteps": 100}
+        ),
+        "spec.training.command",
+        "tuning parameter",
+    ),
+    (
+        "code-path-and-config-map",
+        _set("spec.code", {"path": "src", "configMap": "my-code"}),
+        "spec.code.configMap",
+        "not both",
+    ),
 ]

@@ -4,11 +4,13 @@ as a subprocess, and `Cluster`, which reads pipelines and plays the trainer on K
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -20,6 +22,7 @@ from typing import Any
 import yaml
 
 from conveyor.devcluster import kwok, podnet
+from conveyor.devcluster.pytest_plugin import wait_for
 from tests.helpers.manifests import REFERENCE, REPO
 
 CHART = REPO / "charts" / "conveyor"
@@ -27,6 +30,7 @@ SIM_DELAY = "conveyor.dev/sim-delay"
 SIM_EXIT = "conveyor.dev/sim-exit-code"
 SIM_MESSAGE = "conveyor.dev/sim-termination-message"
 TIMEOUT = 90.0
+TLS_SECRET = "conveyor-progress-tls"  # the chart's progress CA Secret (release conveyor)
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -61,7 +65,9 @@ def leader_election_args(namespace: str, identity: str, lease: float = 4.0) -> l
 
 class OperatorProcess:
     """`conveyor operator` as a subprocess, authenticated as the chart's ServiceAccount. `extra`
-    flags go last (they override); `name` names its log, for several processes in one workdir."""
+    flags go last (they override); `name` names its log, for several processes in one workdir. With
+    `tls_secret` (NAMESPACE/NAME, the chart's `<release>/conveyor-progress-tls`) its progress endpoint
+    serves HTTPS from the CA in that Secret, as the chart's operator does (`ca()` reads it)."""
 
     def __init__(
         self,
@@ -71,8 +77,10 @@ class OperatorProcess:
         name: str = "operator",
         extra: Sequence[str] = (),
         metrics_port: int | None = None,
+        tls_secret: str | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
+        self.tls_secret = tls_secret
         self.namespace = namespace
         self.name = name
         self.log = workdir / f"{name}.log"
@@ -83,6 +91,8 @@ class OperatorProcess:
         self.progress_host = "127.0.0.1"  # where pods reach the progress endpoint
 
     def start(self) -> None:
+        scheme = "https" if self.tls_secret else "http"
+        tls = ["--progress-tls-secret", self.tls_secret] if self.tls_secret else []
         argv = [
             sys.executable,
             "-m",
@@ -99,11 +109,12 @@ class OperatorProcess:
             "--health-port",
             "0",
             "--progress-url",
-            f"http://{self.progress_host}:{self.progress_port}",
+            f"{scheme}://{self.progress_host}:{self.progress_port}",
             "--progress-port",
             str(self.progress_port),
             "--progress-advertise-url",  # what a leader puts on its Lease (leader election only)
-            f"http://127.0.0.1:{self.progress_port}",
+            f"{scheme}://127.0.0.1:{self.progress_port}",
+            *tls,
             "--resync",
             "1",
             *self.extra,
@@ -116,6 +127,21 @@ class OperatorProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self.proc = None
+
+    def ca(self) -> str:
+        """The progress CA certificate (PEM) from `tls_secret`, once the operator has created it."""
+        from kubernetes import client, config
+
+        assert self.tls_secret, "started without TLS"
+        namespace, name = self.tls_secret.split("/")
+        core: Any = client.CoreV1Api(config.new_client_from_config(config_file=str(self.kubeconfig)))
+
+        def read() -> str | None:
+            data = core.read_namespaced_secret(name, namespace).data or {}
+            return base64.b64decode(data["ca.crt"]).decode() if "ca.crt" in data else None
+
+        ca: str = wait_for(read, TIMEOUT, f"the progress CA in Secret {self.tls_secret}")
+        return ca
 
     def tail(self) -> str:
         return self.log.read_text()[-6000:] if self.log.exists() else ""
@@ -132,16 +158,26 @@ class OperatorProcess:
         )
 
 
-def post_epoch(port: int, token: str, event: dict[str, Any], headers: dict[str, str] | None = None) -> int:
-    """POST one epoch event to a progress endpoint on this machine, as the trainer does; the status."""
+def post_epoch(
+    port: int,
+    token: str,
+    event: dict[str, Any],
+    headers: dict[str, str] | None = None,
+    ca: str | None = None,
+    host: str = "127.0.0.1",
+) -> int:
+    """POST one epoch event to a progress endpoint on this machine, as the trainer does; the status.
+    With `ca` (PEM), over https verified against that CA alone (`host` must be a name the endpoint's
+    certificate holds: its progress URL's or advertised URL's host)."""
+    context = ssl.create_default_context(cadata=ca) if ca else None
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/progress",
+        f"{'https' if ca else 'http'}://{host}:{port}/v1/progress",
         data=json.dumps(event).encode(),
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json", **(headers or {})},
         method="POST",
     )
     try:
-        with urllib.request.urlopen(request, timeout=10) as reply:
+        with urllib.request.urlopen(request, timeout=10, context=context) as reply:
             return int(reply.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
@@ -180,7 +216,10 @@ def running_operator(
 ) -> Iterator[OperatorProcess]:
     """The operator with the chart's ServiceAccount credentials, killed (log tail printed) afterwards."""
     process = OperatorProcess(
-        sa_kubeconfig(kubeconfig, kubectl, release, tmp_path / "sa.kubeconfig"), namespace, tmp_path
+        sa_kubeconfig(kubeconfig, kubectl, release, tmp_path / "sa.kubeconfig"),
+        namespace,
+        tmp_path,
+        tls_secret=f"{release}/{TLS_SECRET}",
     )
     # Local-node pods live in their own network namespaces: they reach the operator on the bridge.
     process.progress_host = podnet.host_address(kubeconfig.parent)

@@ -30,6 +30,7 @@ OPERATOR_ONLY = {
     "categorical-value-the-trainer-rejects",
     "unknown-dataset",  # the builtin data catalogue
     "split-leaves-nothing",  # the trainer's split model
+    "command-names-an-unknown-parameter",  # finding every {{params.x}} needs a regex search
 }
 # Cases where the API server (or kubectl, for a group/version/kind it does not serve) names the field
 # in other words than its path: what its message says instead.
@@ -81,3 +82,25 @@ def test_the_cluster_rejects_what_validate_rejects(
     batch: Any = client.BatchV1Api(k8s_api)
     assert batch.list_namespaced_job(namespace).items == []
     assert client.CoreV1Api(k8s_api).list_namespaced_pod(namespace).items == []
+
+
+def test_the_operator_refuses_a_local_code_path(
+    crd: None, kubectl: str, kubeconfig: Path, namespace: str, k8s_api: Any
+) -> None:
+    """code.path is valid for `conveyor run`, and the API server accepts it, but the operator cannot read
+    a directory on the user's machine: its first step fails the pipeline (InvalidSpec) before any pod,
+    saying to use `conveyor apply -f` or code.configMap."""
+    document = reference_document()
+    document["spec"]["code"] = {"path": "src"}
+    document["metadata"].update({"namespace": namespace, "name": "local-code"})
+    assert validation_problems(document) == {}
+    created = apply(kubectl, kubeconfig, document, verb="create")
+    assert created.returncode == 0, created.stderr
+    operator = Controller(Api(api_client(str(kubeconfig))), OperatorConfig(namespaces=(namespace,)))
+    assert operator.step((namespace, "local-code")) is None
+    custom: Any = client.CustomObjectsApi(k8s_api)
+    status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "local-code")["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "InvalidSpec"), status
+    field, message = rules.CODE_PATH_ON_CLUSTER
+    assert f"{field}: {message}" in status["message"]
+    assert client.BatchV1Api(k8s_api).list_namespaced_job(namespace).items == []

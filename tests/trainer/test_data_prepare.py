@@ -13,7 +13,7 @@ from PIL import Image
 from conveyor.trainer.artifacts import read_metadata
 from conveyor.trainer.data import DataError
 from conveyor.trainer.data.prepare import is_complete, load_split, prepare
-from conveyor.trainer.data.sources import load_builtin, resolve_uri
+from conveyor.trainer.data.sources import in_memory_size, load_builtin, resolve_uri
 from tests.trainer.training_helpers import cli, config, prepared
 
 
@@ -123,6 +123,39 @@ def test_image_folder(tmp_path: Path) -> None:
     )
     assert meta.input_kind == "image" and meta.feature_shape == [1, 8, 8] and meta.classes == ["cats", "dogs"]
     assert sum(meta.sizes.values()) == 12
+
+
+def test_in_memory_size_decides_which_sources_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parquet by its footer (rows x columns x 4), CSV by its file size, folders by images x 3 x side^2
+    x 4; a source over CONVEYOR_IN_MEMORY_BYTES streams (conveyor.trainer.data.streaming), one under
+    it keeps the exact in-memory path and its .npz files."""
+    frame = pd.DataFrame({"a": np.arange(40.0), "b": np.arange(40.0), "label": np.arange(40) % 2})
+    frame.to_parquet(tmp_path / "t.parquet")
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    assert in_memory_size(config(data={"source": str(tmp_path / "t.parquet")}).data) == 40 * 3 * 4
+    assert (
+        in_memory_size(config(data={"source": str(tmp_path / "t.csv")}).data)
+        == (tmp_path / "t.csv").stat().st_size
+    )
+    assert in_memory_size(config().data) is None  # builtin sets always load
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "images" / "a" / f"{i}.png")
+    assert (
+        in_memory_size(config(data={"source": str(tmp_path / "images"), "imageSize": 8}).data)
+        == 3 * 3 * 8 * 8 * 4
+    )
+    monkeypatch.setenv("CONVEYOR_IN_MEMORY_BYTES", str(40 * 3 * 4))  # not over: in memory
+    assert prepare(config(data={"source": str(tmp_path / "t.parquet")}), tmp_path / "memory").storage == "npz"
+    assert (tmp_path / "memory" / "train.npz").is_file() and not (
+        tmp_path / "memory" / "train.parquet"
+    ).exists()
+    monkeypatch.setenv("CONVEYOR_IN_MEMORY_BYTES", str(40 * 3 * 4 - 1))
+    assert (
+        prepare(config(data={"source": str(tmp_path / "t.parquet")}), tmp_path / "streamed").storage
+        == "parquet"
+    )
+    assert is_complete(tmp_path / "streamed") and not (tmp_path / "streamed" / "train.npz").exists()
 
 
 def test_synthetic_kinds_are_deterministic(tmp_path: Path) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
 from conveyor.trainer.artifacts import DatasetMetadata, NormalizationStats
-from conveyor.trainer.config import ModelSpec
-from conveyor.trainer.models import build_model
+from conveyor.trainer.config import ConfigError, ModelSpec
+from conveyor.trainer.data.prepare import load_split
+from conveyor.trainer.models import TargetScale, build_model
 
 ARCHITECTURES = ("mlp", "cnn", "resnet", "lstm", "transformer")
 SHAPES = ([1, 8, 8], [3, 12, 10], [13])
@@ -72,3 +76,59 @@ def test_transformer_pooling_and_state_dict_round_trip() -> None:
     again = build_model(ModelSpec(architecture="transformer", hidden_size=8, heads=2), meta).eval()
     again.load_state_dict(cls.state_dict())
     torch.testing.assert_close(again(x), cls(x))
+
+
+# --- model.entrypoint ---------------------------------------------------------------------------
+
+USER_CODE = "tests.trainer.user_code"
+
+
+def test_user_model_gets_its_options_and_the_data_info() -> None:
+    spec = ModelSpec(entrypoint=f"{USER_CODE}:mlp", options={"width": 7})
+    model = build_model(spec, metadata([1, 8, 8]))
+    options, info = model.seen  # type: ignore[misc]
+    assert options == {"width": 7}
+    assert (info.task, info.input_shape, info.num_outputs, info.classes) == (
+        "classification",
+        (1, 8, 8),
+        3,
+        ("a", "b", "c"),
+    )
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+    regression = build_model(spec, metadata([4], "regression")).net  # type: ignore[union-attr]
+    assert regression.seen[1].num_outputs == 1 and regression.seen[1].classes is None
+
+
+def test_user_model_must_be_a_module() -> None:
+    with pytest.raises(ConfigError, match=r"^model.entrypoint: .*returned str, not a torch.nn.Module"):
+        build_model(ModelSpec(entrypoint=f"{USER_CODE}:not_a_module"), metadata([4]))
+
+
+def test_user_regression_model_learns_the_standardised_target_like_the_zoo() -> None:
+    model = build_model(ModelSpec(entrypoint=f"{USER_CODE}:mlp"), metadata([4], "regression"))
+    assert isinstance(model, TargetScale)
+    for p in model.net.parameters():
+        torch.nn.init.zeros_(p)
+    assert model(torch.randn(3, 4)).squeeze(1).tolist() == [100.0, 100.0, 100.0]
+
+
+def test_int8_serving_of_a_user_model(tmp_path: Path) -> None:
+    from conveyor.trainer.predictor import load_predictor
+    from conveyor.trainer.train import train
+    from tests.trainer.training_helpers import config, model_accuracy, prepared
+
+    sections = {
+        "data": {"source": "builtin://digits"},
+        "model": {"entrypoint": f"{USER_CODE}:mlp", "options": {"width": 64}},
+        "training": {"epochs": 4, "batchSize": 64},
+    }
+    data_dir = prepared(tmp_path, **sections)
+    train(config(**sections), data_dir, tmp_path / "model")
+    assert model_accuracy(tmp_path / "model", data_dir) > 0.85
+    x, y = load_split(data_dir, "test")
+    full = load_predictor(tmp_path / "model").predict(x)
+    int8 = load_predictor(tmp_path / "model", quantization="int8")
+    assert "DynamicQuantizedLinear" in repr(int8.module)  # type: ignore[attr-defined]
+    quantized = int8.predict(x)
+    assert float(np.mean(quantized.argmax(1) == full.argmax(1))) > 0.97
+    assert float(np.mean(quantized.argmax(1) == y)) > 0.85

@@ -101,9 +101,19 @@ PARALLELISM, GRID_CATEGORICAL, UNIQUE_NAMES = rules.TUNING_RULES
 )
 (PROCESSES_PER_GPU,) = rules.RESOURCES_RULES
 (RESERVED_ENV,) = rules.ENV_RULES
-(OBJECTIVE_METRIC, EVALUATION_METRICS, GATE_METRIC, ENSEMBLE_NEEDS_TUNING, TOP_K, HARD_VOTING) = (
-    rules.SPEC_RULES
-)
+(
+    OBJECTIVE_METRIC,
+    EVALUATION_METRICS,
+    GATE_METRIC,
+    ENSEMBLE_NEEDS_TUNING,
+    TOP_K,
+    HARD_VOTING,
+    PRUNER_NEEDS_MAX_STEPS,
+    WARMUP_STEPS_USER_LOOP,
+    WARMUP_BELOW_MAX_STEPS,
+    COMMAND_PARAMETERS,
+    CODE_PATH_OR_CONFIG_MAP,
+) = rules.SPEC_RULES
 (NAME,) = rules.ROOT_RULES
 (STORAGE_URI,) = rules.STORAGE_RULES
 RULE_MESSAGES = {rule.message for group in RULE_GROUPS.values() for rule in group}
@@ -178,6 +188,13 @@ VERDICTS: dict[str, Verdict] = {
     "wrong-api-version": SCHEMA,
     "wrong-kind": SCHEMA,
     "no-spec": SCHEMA,
+    "entrypoint-is-not-tunable": both("spec.tuning.parameters[1].name", TUNABLE_NAME),
+    "pruner-on-user-loop-without-max-steps": both("spec.tuning.pruner", PRUNER_NEEDS_MAX_STEPS),
+    "warmup-steps-on-conveyors-loop": both("spec.tuning.warmupSteps", WARMUP_STEPS_USER_LOOP),
+    "warmup-steps-past-max-steps": both("spec.tuning.warmupSteps", WARMUP_BELOW_MAX_STEPS),
+    # No CEL twin: finding every placeholder needs a regex search; the operator refuses it (InvalidSpec).
+    "command-names-an-unknown-parameter": ((), COMMAND_PARAMETERS),
+    "code-path-and-config-map": both("spec.code.configMap", CODE_PATH_OR_CONFIG_MAP),
 }
 
 
@@ -197,3 +214,35 @@ def test_cel_and_python_agree(case: str, mutate: Any, path: str) -> None:
         assert problems[path] not in RULE_MESSAGES, problems[path]
     else:
         assert problems[path] == python_rule.message
+
+
+@pytest.mark.parametrize(
+    ("name", "tunable"),
+    [
+        ("model.options.width", True),
+        ("model.options.dropout_rate", True),
+        ("model.options", False),
+        ("model.options.a.b", False),
+        ("model.entrypoint", False),
+        ("training.entrypoint", False),
+        ("training.command", False),
+        ("training.maxSteps", True),
+        ("optimizer.learningRate", True),
+    ],
+)
+def test_tunable_names_agree(name: str, tunable: bool) -> None:
+    """The CEL and the Python forms of the tunable-name rule accept the same names."""
+    assert cel.evaluate(TUNABLE_NAME.cel, {"self": {"name": name}}) is tunable
+    assert rules.is_tunable(name) is tunable
+
+
+def test_user_loop_rules_accept_a_complete_user_loop() -> None:
+    """A user loop with maxSteps and warmupSteps below it passes every rule, CEL and Python."""
+    document = reference_document()
+    document["spec"]["training"].update(
+        {"command": ["python", "train.py", "--lr", "{{params.optimizer.learningRate}}"], "maxSteps": 200}
+    )
+    document["spec"]["tuning"]["warmupSteps"] = 20
+    document["spec"]["code"] = {"configMap": "digits-code", "image": "reg/me:1"}
+    assert _cel_failures(document) == set()
+    assert validation_problems(document) == {}

@@ -193,3 +193,70 @@ def test_one_gate_message_for_the_spec_and_the_status() -> None:
     both = GateSpec(metric="rmse", min=0.1, max=0.5)
     assert gate_message(both, 0.7, "test") == "test rmse 0.7000 fails the gate (rmse >= 0.1 and <= 0.5)"
     assert gate_message(spec_gate, None, "ensemble test").endswith("fails the gate (accuracy >= 0.95)")
+
+
+def _user_loop(document: dict[str, Any]) -> dict[str, Any]:
+    """The reference turned into an L3 pipeline: its own program, tuned through placeholders."""
+    document["spec"]["training"] = {
+        "command": ["python", "train.py", "--lr", "{{params.optimizer.learningRate}}"],
+        "maxSteps": 300,
+    }
+    document["spec"]["tuning"]["parameters"] = [
+        {"name": "optimizer.learningRate", "type": "float", "min": 0.0001, "max": 0.1, "log": True}
+    ]
+    return document
+
+
+def test_a_user_program_tuned_through_placeholders_validates(reference: dict[str, Any]) -> None:
+    spec = parse(_user_loop(reference)).spec
+    assert spec.training.user_loop and spec.training.max_steps == 300
+    assert spec.trainer_config({"optimizer.learningRate": 0.01}).optimizer.learning_rate == 0.01
+
+
+def test_a_placeholder_without_tuning_is_refused(reference: dict[str, Any]) -> None:
+    document = _user_loop(reference)
+    for section in ("tuning", "ensemble"):
+        document["spec"].pop(section)
+    with pytest.raises(ManifestError) as error:
+        parse(document)
+    assert dict(error.value.problems)["spec.training.command"].startswith("every {{params.NAME}}")
+
+
+def test_a_malformed_placeholder_is_refused(reference: dict[str, Any]) -> None:
+    document = _user_loop(reference)
+    document["spec"]["training"]["command"][-1] = "{{param.optimizer.learningRate}}"
+    with pytest.raises(ManifestError) as error:
+        parse(document)
+    assert "spec.training.command" in dict(error.value.problems)
+
+
+def test_model_options_are_tunable_by_key(reference: dict[str, Any]) -> None:
+    reference["spec"]["model"] = {"entrypoint": "mypkg.models:build", "options": {"width": 64}}
+    reference["spec"]["tuning"]["parameters"][2] = {
+        "name": "model.options.width",
+        "type": "categorical",
+        "values": [32, 128],
+    }
+    spec = parse(reference).spec
+    assert spec.trainer_config({"model.options.width": 128}).model.options == {"width": 128}
+
+
+def test_code_path_is_for_local_runs_only(reference: dict[str, Any]) -> None:
+    """`conveyor run` and `conveyor validate` accept code.path; the operator refuses it (InvalidSpec)."""
+    reference["spec"]["code"] = {"path": "src"}
+    spec = parse(reference).spec
+    assert rules.cluster_problems(spec) == [rules.CODE_PATH_ON_CLUSTER]
+    field, message = rules.CODE_PATH_ON_CLUSTER
+    assert field == "spec.code.path" and "conveyor apply -f" in message and "code.configMap" in message
+    reference["spec"]["code"] = {"configMap": "digits-code"}
+    assert rules.cluster_problems(parse(reference).spec) == []
+
+
+def test_scheduling_image_moved_to_code_image(reference: dict[str, Any]) -> None:
+    reference["spec"]["scheduling"] = {"image": "my/trainer:2"}
+    with pytest.raises(ManifestError) as error:
+        parse(reference)
+    assert "spec.scheduling.image" in dict(error.value.problems)
+    reference["spec"]["scheduling"] = {}
+    reference["spec"]["code"] = {"image": "my/trainer:2"}
+    assert parse(reference).spec.code.image == "my/trainer:2"

@@ -76,8 +76,18 @@ def test_operator_pod_is_locked_down() -> None:
     assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
     assert container["resources"]["limits"]["memory"] and container["resources"]["limits"]["cpu"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    readiness = {"path": "/healthz", "port": "progress", "scheme": "HTTPS"}  # the endpoint's TLS
+    assert container["readinessProbe"]["httpGet"] == readiness
+    assert "--progress-url=https://conveyor-progress.conveyor-system.svc:8081" in container["args"]
+    assert "--progress-tls-secret=conveyor-system/conveyor-progress-tls" in container["args"]
+
+
+def test_progress_over_plain_http_only_when_tls_is_off() -> None:
+    deployment = next(o for o in render("progress.tls.enabled=false") if o["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "progress"}
     assert "--progress-url=http://conveyor-progress.conveyor-system.svc:8081" in container["args"]
+    assert not [a for a in container["args"] if a.startswith("--progress-tls-secret")]
     for obj in render():
         assert obj["metadata"]["labels"]["app.kubernetes.io/name"] == "conveyor"
 

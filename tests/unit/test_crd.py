@@ -56,6 +56,7 @@ def test_free_form_only_where_meant() -> None:
     free = {p for p, n in _walk(_schema()) if n.get("x-kubernetes-preserve-unknown-fields")}
     assert free == {
         ".spec.tuning.parameters[].values[]",
+        ".spec.model.options",
         ".spec.scheduling.tolerations[]",
         ".spec.scheduling.affinity",
         ".status.trials[].params",

@@ -15,8 +15,17 @@ from conveyor.operator.api.status import (
     WorkloadState,
     WorkloadStatus,
 )
-from conveyor.operator.engine import Emit, EpochReport, Observations, ServingObservation, WorkloadObservation
+from conveyor.operator.engine import (
+    Emit,
+    EpochReport,
+    Observations,
+    ServingObservation,
+    WorkloadObservation,
+    reasons,
+    reconcile,
+)
 from conveyor.operator.engine.absorb import (
+    MESSAGE_LIMIT,
     ON_STATE,
     absorb,
     absorb_serving,
@@ -230,7 +239,9 @@ def test_a_stuck_start_says_why_once_and_is_forgotten_once_running() -> None:
         "Warning NotStarting: train (attempt 1) is not starting: ImagePullBackOff: pull access denied"
     ]
     assert (train.state, train.reason, train.message) == (
-        "Pending", "NotStarting", "ImagePullBackOff: pull access denied"
+        "Pending",
+        "NotStarting",
+        "ImagePullBackOff: pull access denied",
     )
     assert step(stuck) == []  # the same cause: said once
     assert step(WorkloadObservation("pending", attempt=1)) == []  # no cause reported: status keeps it
@@ -240,3 +251,51 @@ def test_a_stuck_start_says_why_once_and_is_forgotten_once_running() -> None:
     ]
     assert step(WorkloadObservation("running", attempt=1)) == []
     assert (train.state, train.reason, train.message) == ("Running", None, None)
+
+
+USER_LOOP = {"epochs": 30, "batchSize": 64, "entrypoint": "mypkg.loop:train", "maxSteps": 900}
+
+
+@pytest.mark.parametrize(("training", "steps"), [(USER_LOOP, [50, 100, None, 200]), (None, None)])
+def test_a_user_loops_reports_keep_their_steps(training: dict[str, Any] | None, steps: Any) -> None:
+    """A user loop's step per report, next to its value (a gap stays a gap); Conveyor's loop counts
+    epochs and keeps none."""
+    spec = make_spec(tuning=small_tuning(), **({"training": training} if training else {}))
+    trial = TrialStatus(name="trial-0000", number=0, state="Running", values=[0.5], steps=[50])
+    reports = (
+        EpochReport(2, {"accuracy": 0.6}, 9, step=100),
+        EpochReport(4, {"accuracy": 0.7}, 9, step=200),
+    )
+    seen = WorkloadObservation("running", epochs=reports)
+    ctx = Context(spec, PipelineStatus(trials=[trial]), Observations({"trial-0000": seen}), T0, None)
+    absorb(ctx)
+    assert trial.values == [0.5, 0.6, None, 0.7]
+    assert trial.steps == (steps if training else [50])
+
+
+def test_a_user_loop_that_never_reported_the_objective_fails_with_that_reason() -> None:
+    spec = make_spec(tuning=small_tuning(), training=USER_LOOP)
+    trial = TrialStatus(name="trial-0000", number=0, state="Running")
+    message = "the loop never reported accuracy: call conveyor.sdk.report(step, {'accuracy': ...})"
+    result = {"status": "failed", "reason": reasons.OBJECTIVE_NOT_REPORTED, "message": message}
+    seen = WorkloadObservation("succeeded", result=result)
+    ctx = Context(spec, PipelineStatus(trials=[trial]), Observations({"trial-0000": seen}), T0, None)
+    absorb(ctx)
+    assert (trial.state, trial.reason, trial.message) == ("Failed", "ObjectiveNotReported", message)
+
+
+def test_an_error_in_user_code_keeps_the_end_of_its_traceback() -> None:
+    """Within a condition's message, too: here it fails the pipeline (maxFailedTrials 0)."""
+    spec = make_spec(tuning=small_tuning(maxFailedTrials=0), training=USER_LOOP)
+    status, _, _ = simulate(spec, steps=3, until=("Tuning",))
+    traceback = "Traceback (most recent call last):\n" + "  frame\n" * 1000 + "ValueError: bad shape (3, 4)"
+    result = {"status": "failed", "reason": reasons.USER_CODE_ERROR, "message": traceback}
+    seen = WorkloadObservation("failed", result=result, reason="ExitCode", message="code 1")
+    decision = reconcile(spec, status, Observations({"trial-0000": seen}), T0)
+    trial = decision.status.trial("trial-0000")
+    assert trial is not None and (trial.state, trial.reason) == ("Failed", "UserCodeError")
+    assert trial.message is not None and trial.message.endswith("ValueError: bad shape (3, 4)")
+    assert len(trial.message) == MESSAGE_LIMIT
+    failed = decision.status.condition("Failed")
+    assert failed is not None and failed.reason == "TrialFailedLimitExceeded"
+    assert failed.message.endswith("ValueError: bad shape (3, 4)")

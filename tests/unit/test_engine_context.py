@@ -37,8 +37,13 @@ def test_a_stage_keeps_its_times_and_announces_success_once() -> None:
 
 @pytest.mark.parametrize(
     ("state", "stopped", "after"),
-    [("Running", True, "Failed"), ("Pending", True, "Failed"), ("Suspended", False, "Failed"),
-     ("Succeeded", False, "Succeeded"), ("Pruned", False, "Pruned")],
+    [
+        ("Running", True, "Failed"),
+        ("Pending", True, "Failed"),
+        ("Suspended", False, "Failed"),
+        ("Succeeded", False, "Succeeded"),
+        ("Pruned", False, "Pruned"),
+    ],
 )
 def test_failing_the_pipeline_stops_what_still_runs(state: TrialState, stopped: bool, after: str) -> None:
     trial = TrialStatus(name="trial-0000", number=0, state=state)

@@ -8,7 +8,9 @@ from typing import get_args
 import pytest
 
 from conveyor.operator.api.status import WorkloadStatus
+from conveyor.operator.engine import reasons
 from conveyor.operator.engine.retries import ON_FAILURE, FailureAction, failure_action, failure_message
+from conveyor.operator.workloads import PERMANENT_REASONS
 from tests.helpers.specs import make_spec, small_tuning
 from tests.unit.simulation import FakeExecutor, simulate
 
@@ -72,3 +74,27 @@ def test_failure_message(failures: int, reason: str, message: str) -> None:
 
 def test_every_failure_action_has_a_handler() -> None:
     assert set(ON_FAILURE) == set(get_args(FailureAction))
+
+
+def test_a_user_loop_that_never_reported_the_objective_is_not_retried() -> None:
+    spec = make_spec(tuning=small_tuning(), backoffLimit=2)
+    executor = FakeExecutor(spec, fail={"train-0"}, fail_reason=reasons.OBJECTIVE_NOT_REPORTED)
+    status, executor, _ = simulate(spec, executor)
+    assert reasons.OBJECTIVE_NOT_REPORTED in PERMANENT_REASONS
+    assert status.phase == "Failed" and status.reason == "TrainingFailed"
+    assert [k for k in executor.started if k.startswith("train-")] == ["train-0"]
+    assert status.message == "train failed: ObjectiveNotReported: no column 'label'"
+
+
+def test_an_error_in_user_code_is_retried_within_the_backoff_limit_with_its_message() -> None:
+    spec = make_spec(tuning=small_tuning(), backoffLimit=1)
+    executor = FakeExecutor(spec, fail={"train-0", "train-1"}, fail_reason=reasons.USER_CODE_ERROR)
+    status, executor, _ = simulate(spec, executor)
+    assert reasons.USER_CODE_ERROR not in PERMANENT_REASONS
+    assert [k for k in executor.started if k.startswith("train-")] == ["train-0", "train-1"]
+    assert status.phase == "Failed" and status.reason == "TrainingFailed"
+    expected = "train failed 2 time(s) (backoffLimit 1); last: UserCodeError: no column 'label'"
+    assert status.message == expected
+    assert status.stages.train is not None and status.stages.train.message == expected
+    train = status.workload("train")
+    assert train is not None and (train.reason, train.message) == ("UserCodeError", "no column 'label'")

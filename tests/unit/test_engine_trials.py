@@ -16,6 +16,7 @@ from conveyor.operator.engine.trials import (
     keep_sampler_state,
     max_epochs,
     ranked,
+    resource,
     sampler_state,
 )
 from tests.helpers.specs import make_spec, small_tuning
@@ -130,7 +131,13 @@ def test_ranked(trials: list[TrialStatus], maximize: bool, order: list[int]) -> 
 
 def test_count() -> None:
     states: list[TrialState] = [
-        "Pending", "Running", "Succeeded", "Succeeded", "Failed", "Pruned", "Suspended"
+        "Pending",
+        "Running",
+        "Succeeded",
+        "Succeeded",
+        "Failed",
+        "Pruned",
+        "Suspended",
     ]
     tuning = TuningStatus(trials=10)
     count(tuning, [trial(n, state) for n, state in enumerate(states)])
@@ -175,3 +182,21 @@ def test_max_epochs(tuned_max: int | None, most: int | str) -> None:
     spec = make_spec(tuning=tuning)
     assert spec.training.epochs > 2
     assert max_epochs(spec) == (spec.training.epochs if most == "spec" else most)
+
+
+@pytest.mark.parametrize(
+    ("training", "expected"),
+    [
+        ({"epochs": 30, "batchSize": 64}, ("epoch", 3, 30)),
+        ({"epochs": 30, "entrypoint": "mypkg.loop:train", "maxSteps": 900}, ("step", 90, 900)),
+        ({"epochs": 30, "command": ["python", "train.py"], "maxSteps": 50}, ("step", 5, 50)),
+        ({"epochs": 30, "entrypoint": "mypkg.loop:train"}, ("step", 1, None)),  # no pruner, no bound
+    ],
+)
+def test_pruners_count_epochs_of_conveyors_loop_and_steps_of_a_user_loop(
+    training: dict[str, Any], expected: tuple[str, int, int | None]
+) -> None:
+    pruner = "asha" if "maxSteps" in training or "entrypoint" not in training else "none"
+    spec = make_spec(training=training, tuning=small_tuning(pruner=pruner))
+    found = resource(spec)
+    assert (found.unit, found.warmup, found.most) == expected

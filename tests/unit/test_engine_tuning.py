@@ -1,15 +1,26 @@
 """The Optuna study rebuilt from status: valid and reproducible asks for every algorithm, grid
-coverage, and pruning decisions on crafted per-epoch values."""
+coverage, and pruning decisions on crafted per-epoch values, and per-step values of user loops."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import optuna
 import pytest
 
 from conveyor.operator.api.spec import TuningSpec
 from conveyor.operator.api.status import TrialStatus
-from conveyor.operator.engine.tuning import Study, distributions, grid_points, planned_trials, warmup_epochs
+from conveyor.operator.engine.tuning import (
+    NoPruningAtTheEnd,
+    Resource,
+    Study,
+    distributions,
+    grid_points,
+    make_pruner,
+    planned_trials,
+    warmup_epochs,
+    warmup_steps,
+)
 
 MIXED = [
     {"name": "optimizer.learningRate", "type": "float", "min": 1e-4, "max": 1e-1, "log": True},
@@ -205,3 +216,132 @@ def test_pruners_wait_a_tenth_of_the_epochs_unless_told(
     given: int | None, epochs: int, expected: int
 ) -> None:
     assert warmup_epochs(tuning(warmup_epochs=given), epochs) == expected
+
+
+# --- pruning a user loop by step --------------------------------------------------------------------
+
+MAX_STEPS = 900
+STEPS = [90 * (i + 1) for i in range(10)]  # a user loop reporting every 90 steps up to maxSteps
+GOOD_CURVE = [0.80, 0.85, 0.88, 0.90, 0.92, 0.93, 0.94, 0.95, 0.95, 0.96]
+
+
+def reported(number: int, values: list[float], state: str = "Running") -> TrialStatus:
+    """A user-loop trial: its values and the step each was reported at."""
+    done = state == "Succeeded"
+    return TrialStatus(
+        name=f"trial-{number:04d}",
+        number=number,
+        params={"optimizer.learningRate": 0.01},
+        state=state,  # type: ignore[arg-type]
+        values=values,
+        steps=STEPS[: len(values)],
+        value=max(values) if done else None,
+    )
+
+
+def step_study(spec: TuningSpec, trials: list[TrialStatus], maximize: bool = True) -> Study:
+    resource = Resource.steps(spec, MAX_STEPS)
+    return Study(spec, trials, maximize, max_epochs=1, resource=resource)
+
+
+def replay(spec: TuningSpec, history: list[TrialStatus]) -> list[TrialStatus]:
+    """The finished trials as they would be after the pruner saw each of their reports (rungs)."""
+    replayed: list[TrialStatus] = []
+    for past in history:
+        live = past.model_copy(update={"state": "Running", "value": None})
+        step_study(spec, [*replayed, live]).check_pruning(live)
+        replayed.append(past.model_copy(update={"attrs": live.attrs}))
+    return replayed
+
+
+def prune_at_step(spec: TuningSpec, history: list[TrialStatus], trial: TrialStatus) -> int | None:
+    """Offer the candidate after the replayed history; the step it is pruned at, or None."""
+    report = step_study(spec, [*replay(spec, history), trial]).check_pruning(trial)
+    return None if report is None else STEPS[report - 1]
+
+
+@pytest.mark.parametrize(
+    ("pruner", "warmup", "candidate", "expected"),
+    [
+        ("none", None, [0.1] * 10, None),
+        # median: from the first report at or after warmupSteps (default maxSteps // 10 = 90)
+        ("median", None, [0.1] * 10, 90),
+        ("median", 250, [0.1] * 10, 270),
+        ("median", None, [0.9, 0.95, 0.97, 0.98], None),
+        # asha: rungs at warmupSteps * 3^k, none after maxSteps // 3 = 300
+        ("asha", None, [0.1] * 10, 90),
+        ("asha", 200, [0.1] * 10, 270),
+        ("asha", None, [0.9, 0.95, 0.97, 0.98], None),
+        # Optuna's next rung would be step 810 of 900: a nearly finished trial is not thrown away.
+        ("asha", None, [*GOOD_CURVE[:8], 0.1, 0.1], None),
+        ("hyperband", None, [0.99] * 10, None),
+    ],
+)
+def test_user_loops_are_pruned_at_steps(
+    pruner: str, warmup: int | None, candidate: list[float], expected: int | None
+) -> None:
+    spec = tuning(pruner=pruner, warmup_steps=warmup, parameters=ONE, trials=20)
+    history = [reported(n, [v - 0.001 * n for v in GOOD_CURVE], "Succeeded") for n in range(18)]
+    trial = reported(18, candidate)
+    assert prune_at_step(spec, history, trial) == expected
+
+
+def test_hyperband_prunes_a_bad_user_loop_at_a_rung_step() -> None:
+    spec = tuning(pruner="hyperband", parameters=ONE, trials=20)
+    history = [reported(n, [v - 0.001 * n for v in GOOD_CURVE], "Succeeded") for n in range(18)]
+    pruned = prune_at_step(spec, history, reported(18, [0.1] * 10))
+    # min resource 90, max 900, factor 3: a bracket's rungs are 90, 270 or 810 steps.
+    assert pruned in (90, 270, 810)
+
+
+def test_a_user_loops_values_are_keyed_by_step() -> None:
+    spec = tuning(pruner="median", parameters=ONE, trials=20)
+    trial = reported(0, [0.5, 0.6, 0.7])
+    study = step_study(spec, [trial])
+    frozen = study.study.get_trials(deepcopy=False)[0]
+    assert frozen.intermediate_values == {90: 0.5, 180: 0.6, 270: 0.7}
+    assert (
+        step_study(spec, [trial.model_copy(update={"steps": None})]).study.get_trials()[0].intermediate_values
+        == {}
+    )
+
+
+def test_a_rebuilt_study_decides_the_same_for_a_user_loop() -> None:
+    """One report per reconcile, with the status written and read back between them (a restart at
+    every step), decides exactly what one pass over all reports decides."""
+    spec = tuning(pruner="asha", parameters=ONE, trials=20, warmup_steps=100)
+    history = replay(spec, [reported(n, [v - 0.001 * n for v in GOOD_CURVE], "Succeeded") for n in range(6)])
+    candidate = [0.9, 0.91, 0.2, 0.2, 0.2, 0.2]
+    at_once = reported(6, candidate)
+    expected = step_study(spec, [*history, at_once]).check_pruning(at_once)
+    # Rungs at steps 100 and 300: promoted at step 180 (0.91), pruned at step 360, the first report
+    # past the second rung (step 270 is below it).
+    assert expected == 4
+    live = reported(6, [])
+    pruned = None
+    for count in range(1, len(candidate) + 1):
+        live = TrialStatus.model_validate(live.to_wire())  # status written and read back
+        live.values, live.steps = candidate[:count], STEPS[:count]
+        pruned = step_study(spec, [*history, live]).check_pruning(live)
+        if pruned is not None:
+            break
+    assert pruned == expected
+    assert live.attrs == at_once.attrs
+
+
+@pytest.mark.parametrize(
+    ("given", "max_steps", "expected"), [(None, 900, 90), (None, 5, 1), (None, None, 1), (40, 900, 40)]
+)
+def test_user_loops_warm_up_a_tenth_of_max_steps_unless_told(
+    given: int | None, max_steps: int | None, expected: int
+) -> None:
+    assert warmup_steps(tuning(warmup_steps=given), max_steps) == expected
+
+
+def test_asha_on_a_user_loop_has_no_rung_after_a_third_of_max_steps() -> None:
+    spec = tuning(pruner="asha")
+    bounded = make_pruner(spec, Resource.steps(spec, 900))
+    assert isinstance(bounded, NoPruningAtTheEnd) and (bounded.first_rung, bounded.last_rung) == (90, 300)
+    assert isinstance(
+        make_pruner(tuning(pruner="none"), Resource.steps(spec, None)), optuna.pruners.NopPruner
+    )

@@ -1,12 +1,13 @@
 """One fate of a workload, two executors, one decision.
 
 Each scenario happens once to real (tiny) local processes, observed by the local executor (which
-starts them cold and warm), and once
-as the Jobs and Pods the Kubernetes API lists, observed by the Kubernetes executor's pure observation
-path; the engine then reconciles each observation from the same status. Executors report facts only,
-so both must end in the same record (state, reason, attempt, failures or values), the same starts and
-the same events. Also: the one dispatch of actions onto an executor, and the output directory both
-sides derive from a workload's name.
+starts them cold and warm), and once as the Jobs and Pods the Kubernetes API lists, observed by the
+Kubernetes executor's pure observation path; the engine then reconciles each observation from the
+same status. Executors report facts only, so both must end in the same record (state, reason,
+attempt, failures or values), the same starts and the same events. A pruned user loop is asked to stop
+through each (the stop file; the real progress endpoint's reply), stops by itself and ends the same.
+Also: the one dispatch of actions onto an executor, and the output directory both sides derive from
+a workload's name.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from conveyor.operator.engine import (
     Emit,
     EpochReport,
     Observations,
+    RequestStop,
     StartServing,
     StartWorkload,
     StopServing,
@@ -46,7 +48,9 @@ from conveyor.operator.executors.local import LocalExecutor
 from conveyor.operator.executors.protocol import carry_out
 from conveyor.operator.kubernetes import builders
 from conveyor.operator.kubernetes import executor as k8s
+from conveyor.operator.kubernetes import statusserver as ss
 from conveyor.operator.workloads import PERMANENT_REASONS, Workload
+from conveyor.sdk.env import STOP_FILE
 from conveyor.trainer.artifacts import WORKLOAD_DIRS, workload_dir
 from conveyor.trainer.config import ServingSpec
 from tests.helpers.kubernetes_objects import done, pod
@@ -301,6 +305,9 @@ class Recorder:
     def stop(self, name: str, attempt: int) -> None:
         self.calls.append(("stop", name, attempt))
 
+    def request_stop(self, name: str, attempt: int) -> None:
+        self.calls.append(("request_stop", name, attempt))
+
     def observe(self, workloads: Any, serving: bool) -> Observations:
         return Observations()
 
@@ -338,6 +345,12 @@ def test_carry_out_maps_every_action_onto_the_executor_in_order() -> None:
     ]
 
 
+def test_carry_out_asks_to_stop_before_it_stops() -> None:
+    recorder = Recorder()
+    carry_out(recorder, [RequestStop("trial-0003", 1, "Pruned"), StopWorkload("trial-0003", 1, "Pruned")])
+    assert recorder.calls == [("request_stop", "trial-0003", 1), ("stop", "trial-0003", 1)]
+
+
 @pytest.mark.parametrize("name", [*KINDS, "trial-0000", "trial-0417"])
 def test_executors_read_where_the_engine_tells_workloads_to_write(name: str) -> None:
     spec = spec_for("trial-0000")
@@ -350,3 +363,168 @@ def test_every_kind_has_an_output_directory() -> None:
     assert set(KINDS) == set(WORKLOAD_DIRS)
     with pytest.raises(KeyError):
         workload_dir("nope")
+
+
+# --- a pruned user loop: asked to stop, on both executors ---------------------------------------------
+
+LATE = {  # what the pruned trial writes after it was asked to stop: never its verdict
+    "event": "result",
+    "status": "succeeded",
+    "objective": {"metric": "accuracy", "value": 0.99},
+    "attempt": 0,
+}
+REPORT = {  # conveyor.sdk.report's event at step 90 of 900: far below the finished trial's 0.8
+    "event": "epoch",
+    "epoch": 1,
+    "epochs": 100,
+    "step": 90,
+    "maxSteps": 900,
+    "metrics": {"accuracy": 0.1},
+}
+
+
+def user_loop_tuning() -> tuple[TrainingPipelineSpec, PipelineStatus]:
+    """A user loop under a median pruner; trial-0000 finished well, trial-0001 (attempt 0) runs."""
+    document = copy.deepcopy(reference_document())
+    document["spec"]["tuning"].update({"trials": 4, "parallelism": 2, "pruner": "median"})
+    document["spec"]["training"].update({"entrypoint": "mypkg.loop:train", "maxSteps": 900})
+    spec = parse(document).spec
+    status = running(spec, "trial-0001")
+    done_, live = status.trials
+    done_.state, done_.value, done_.values, done_.steps = "Succeeded", 0.9, [0.8, 0.9], [90, 180]
+    live.state = "Running"
+    return spec, status
+
+
+def stop_actions(decision: Decision) -> list[RequestStop | StopWorkload]:
+    return [a for a in decision.actions if isinstance(a, RequestStop | StopWorkload)]
+
+
+def stop_outcome(decision: Decision) -> dict[str, Any]:
+    trial = decision.status.trial("trial-0001")
+    assert trial is not None
+    return {
+        "trial": (trial.state, trial.reason, trial.stopping, trial.values, trial.steps, trial.value),
+        "stops": [(type(a).__name__, a.name, a.attempt) for a in stop_actions(decision)],
+        "requeue": decision.requeue_after,
+    }
+
+
+def stopped_locally(
+    tmp_path: Path,
+    spec: TrainingPipelineSpec,
+    status: PipelineStatus,
+    launch: str,
+    forkserver: ForkServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Decision, Decision]:
+    """Rank 0 reports, every rank waits (bounded) for the stop file, rank 0 then writes a result."""
+    root = tmp_path / "run"
+    workload = workload_for(spec, status, "trial-0001", 0)
+    out = root / workload.out
+    wait = (
+        f'i=0; while [ ! -f "{out}/{STOP_FILE}" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; '
+        f'[ -f "{out}/{STOP_FILE}" ]'
+    )
+    rank0 = (
+        f"mkdir -p \"{out}\" && printf '%s\\n' '{json.dumps(REPORT)}' >> \"{out}/progress.jsonl\" && {wait} "
+        f"&& printf '%s' '{json.dumps(LATE)}' > \"{out}/result.json\""
+    )
+    body = f'if [ "$PET_NODE_RANK" = 0 ]; then {rank0}; else {wait}; fi'
+    executor = stand_in_executor(launch, root, fake_python(tmp_path, body), forkserver, monkeypatch)
+    key = [("trial-0001", 0)]
+    try:
+        executor.start(workload)
+        deadline = time.monotonic() + 20
+        while not (seen := executor.observe(key, serving=False).workloads["trial-0001"]).epochs:
+            assert time.monotonic() < deadline, "the trial never reported"
+            time.sleep(0.05)
+        pruned = reconcile(spec, status, Observations({"trial-0001": seen}), T0)
+        carry_out(executor, stop_actions(pruned))
+        while (seen := executor.observe(key, serving=False).workloads["trial-0001"]).state == "running":
+            assert time.monotonic() < deadline, "the trial never stopped"
+            time.sleep(0.05)
+        assert seen.state == "succeeded" and seen.result is not None  # it listened, and wrote a result
+        later = reconcile(spec, pruned.status, Observations({"trial-0001": seen}), T0 + timedelta(seconds=10))
+        return pruned, later
+    finally:
+        executor.shutdown()
+
+
+def stopped_on_kubernetes(spec: TrainingPipelineSpec, status: PipelineStatus) -> tuple[Decision, Decision]:
+    """The same through the real progress endpoint and the Kubernetes executor's stop request."""
+    import asyncio
+    import threading
+
+    from tests.helpers.operator_bed import free_port
+    from tests.unit.test_kubernetes_observe import exchange, review_for
+
+    labels = {
+        builders.LABEL_PIPELINE: PIPELINE,
+        builders.LABEL_WORKLOAD: "trial-0001",
+        builders.LABEL_ATTEMPT: "0",
+    }
+    store = ss.ProgressStore()
+    server = ss.ProgressServer(
+        store, lambda token: review_for("p-0"), lambda ns, n: {"metadata": {"labels": labels}}
+    )
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    runner = loop.run_until_complete(ss.serve(server, "127.0.0.1", port))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    shared = k8s.KubernetesExecutor(k8s.Api(client=None), progress=store.lookup, ask_stop=store.ask_stop)
+    owner = builders.Owner(PIPELINE, "ml", "uid-1", spec)
+    executor = shared.for_pipeline(owner, {"metadata": {"name": PIPELINE, "namespace": "ml"}})
+    job = builders.job_name(PIPELINE, "trial-0001", 0)
+
+    def seen(conditions: list[dict[str, Any]], pods: list[dict[str, Any]]) -> Observations:
+        jobs = [
+            {
+                "metadata": {"name": job},
+                "status": {"startTime": "2026-11-30T04:00:00Z", "conditions": conditions},
+            }
+        ]
+        for p in pods:
+            p["metadata"]["labels"] = {"job-name": job}
+        observed = k8s.observe_jobs(
+            PIPELINE, [("trial-0001", 0)], jobs, pods, lambda n, a: store.lookup("ml", PIPELINE, n, a)
+        )
+        return Observations(observed)
+
+    try:
+        assert exchange(port, REPORT) == (202, {"accepted": True})
+        pruned = reconcile(
+            spec, status, seen([], [pod(0, "Running", RUNNING), pod(1, "Running", RUNNING)]), T0
+        )
+        carry_out(executor, stop_actions(pruned))
+        assert exchange(port, {**REPORT, "epoch": 2, "step": 180}) == (200, {"stop": True})
+        complete = [{"type": "Complete", "status": "True", "lastTransitionTime": "2026-11-30T04:00:09Z"}]
+        finished = seen(
+            complete, [pod(0, "Succeeded", done(0, json.dumps(LATE))), pod(1, "Succeeded", done(0))]
+        )
+        later = reconcile(spec, pruned.status, finished, T0 + timedelta(seconds=10))
+        return pruned, later
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+
+@pytest.mark.parametrize("launch", ["cold", "warm"])
+def test_a_pruned_user_loop_is_asked_to_stop_and_both_executors_decide_alike(
+    tmp_path: Path, launch: str, forkserver: ForkServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pruned at step 90: asked to stop (the local stop file, the endpoint's {"stop": true}), not
+    killed; it stops by itself and writes a result, which leaves it Pruned and no longer stopping."""
+    spec, status = user_loop_tuning()
+    local = stopped_locally(tmp_path, spec, status, launch, forkserver, monkeypatch)
+    kubernetes = stopped_on_kubernetes(spec, status)
+    assert [stop_outcome(d) for d in local] == [stop_outcome(d) for d in kubernetes]
+    pruned, later = (stop_outcome(d) for d in local)
+    assert pruned == {
+        "trial": ("Pruned", "Pruned", True, [0.1], [90], None),
+        "stops": [("RequestStop", "trial-0001", 0)],
+        "requeue": 60.0,
+    }
+    assert later == {"trial": ("Pruned", "Pruned", None, [0.1], [90], None), "stops": [], "requeue": None}

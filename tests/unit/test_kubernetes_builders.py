@@ -15,7 +15,13 @@ from conveyor.operator.engine import workload_for
 from conveyor.operator.engine.observations import Observations
 from conveyor.operator.engine.pipeline import reconcile
 from conveyor.operator.kubernetes import builders as b
-from conveyor.operator.workloads import EXIT_INVALID_INPUT, RESERVED_ENV, Workload, default_env
+from conveyor.operator.workloads import (
+    EXIT_INVALID_INPUT,
+    RESERVED_ENV,
+    TRAINER_PROCESS_ENV,
+    Workload,
+    default_env,
+)
 from conveyor.trainer.config import AutoscalingSpec, ServingSpec
 
 REFERENCE = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "digits.yaml"
@@ -53,7 +59,10 @@ def trial(workers: int = 2, gpu: int = 0, attempt: int = 0, procs: int = 1) -> W
 
 
 PREPARE = Workload("prepare", "prepare", "prepare", "data", config={"a": 1})
-SETTINGS = b.Settings(image="reg/conveyor-trainer:1", progress_url="http://conveyor-progress.sys.svc:8081")
+CA = "-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----\n"
+SETTINGS = b.Settings(
+    image="reg/conveyor-trainer:1", progress_url="https://conveyor-progress.sys.svc:8081", progress_ca=CA
+)
 
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +152,31 @@ def test_pod_is_restricted_and_has_no_api_token() -> None:
         token = next(v for v in pod["volumes"] if v["name"] == "conveyor-token")
         assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "conveyor.dev"
         assert env_of(container)["CONVEYOR_PROGRESS_URL"] == SETTINGS.progress_url
+
+
+def test_pods_verify_the_progress_endpoint_against_the_ca_projected_from_their_annotation() -> None:
+    """The CA (public) rides on the pod template and the kubelet writes it next to the token: a pod
+    cannot mount a ConfigMap from the operator's namespace."""
+    for template in (
+        b.workload_job(owner(), SETTINGS, trial())["spec"]["template"],
+        b.serving_objects(owner(), SETTINGS, "/artifacts/m", ServingSpec())[0]["spec"]["template"],
+    ):
+        assert template["metadata"]["annotations"][b.PROGRESS_CA_ANNOTATION] == CA
+        token = next(v for v in template["spec"]["volumes"] if v["name"] == "conveyor-token")
+        (projected,) = token["projected"]["sources"][1]["downwardAPI"]["items"]
+        assert projected == {
+            "path": "ca.crt",
+            "fieldRef": {"fieldPath": f"metadata.annotations['{b.PROGRESS_CA_ANNOTATION}']"},
+        }
+        (container,) = template["spec"]["containers"]
+        assert env_of(container)["CONVEYOR_PROGRESS_CA_FILE"] == f"{b.TOKEN_DIR}/ca.crt"
+    # plain http (no CA): no CA file, no annotation
+    plain = dataclasses.replace(SETTINGS, progress_url="http://p.sys.svc:8081", progress_ca=None)
+    template = b.workload_job(owner(), plain, trial())["spec"]["template"]
+    assert b.PROGRESS_CA_ANNOTATION not in template["metadata"].get("annotations", {})
+    assert "CONVEYOR_PROGRESS_CA_FILE" not in env_of(template["spec"]["containers"][0])
+    token = next(v for v in template["spec"]["volumes"] if v["name"] == "conveyor-token")
+    assert len(token["projected"]["sources"]) == 1
 
 
 def test_no_progress_url_means_no_token() -> None:
@@ -261,7 +295,7 @@ def test_reserved_env_is_what_the_builders_write() -> None:
     """`spec.env` may set exactly the names Conveyor does not: every name a workload pod gets is the
     user's, a default, or reserved; and nothing is reserved in vain."""
     user = (("HF_HOME", "/cache"), ("OMP_NUM_THREADS", "3"))
-    spec = owner({"data": {"source": "pvc://datasets/x.csv"}})
+    spec = owner({"data": {"source": "pvc://datasets/x.csv"}, "code": {"configMap": "digits-code"}})
     written: set[str] = set()
     for base in (trial(), PREPARE):
         workload = dataclasses.replace(base, env=user)
@@ -270,12 +304,14 @@ def test_reserved_env_is_what_the_builders_write() -> None:
         assert env["HF_HOME"] == "/cache" and env["OMP_NUM_THREADS"] == "3"  # defaults yield to the user
         written |= set(env) - {"HF_HOME"} - set(default_env(workload))
     torchrun_sets = {"RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"}
-    assert written == set(RESERVED_ENV) - torchrun_sets
+    # The trainer process sets these from its arguments; a code directory is named only locally (pods
+    # get the archive and the trainer names its unpacked copy).
+    process_sets = {*TRAINER_PROCESS_ENV, "CONVEYOR_CODE"}
+    assert written == set(RESERVED_ENV) - torchrun_sets - process_sets
 
 
 def test_scheduling_pass_through_and_kueue() -> None:
     scheduling = {
-        "image": "my/trainer:2",
         "imagePullPolicy": "IfNotPresent",
         "nodeSelector": {"nvidia.com/gpu.product": "H100"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
@@ -287,7 +323,9 @@ def test_scheduling_pass_through_and_kueue() -> None:
         "labels": {"team": "a"},
         "annotations": {"conveyor.dev/sim-exit-code": "0"},
     }
-    job = b.workload_job(owner({"scheduling": scheduling}), SETTINGS, trial(gpu=1))
+    job = b.workload_job(
+        owner({"scheduling": scheduling, "code": {"image": "my/trainer:2"}}), SETTINGS, trial(gpu=1)
+    )
     pod = job["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "my/trainer:2"
     assert pod["containers"][0]["imagePullPolicy"] == "IfNotPresent"
@@ -298,7 +336,8 @@ def test_scheduling_pass_through_and_kueue() -> None:
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
     assert job["spec"]["suspend"] is True
     assert job["metadata"]["labels"]["team"] == "a"
-    assert job["spec"]["template"]["metadata"]["annotations"] == {"conveyor.dev/sim-exit-code": "0"}
+    annotations = job["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {"conveyor.dev/sim-exit-code": "0", b.PROGRESS_CA_ANNOTATION: CA}  # and the CA
     plain = b.workload_job(owner(), SETTINGS, trial())
     assert "suspend" not in plain["spec"] and "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
 
@@ -378,3 +417,66 @@ def test_status_names_the_provisioned_claim(uri: str | None, root: str | None) -
     status = PipelineStatus(artifacts=ArtifactsStatus(root=None, data="data"))
     b.note_provisioned_storage(status, spec, "digits")
     assert status.artifacts is not None and status.artifacts.root == root
+
+
+def _mounts(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in container["volumeMounts"]}
+
+
+def test_packed_code_reaches_every_pod_read_only() -> None:
+    """code.configMap is mounted read-only in every workload pod and the serving pod, named by
+    CONVEYOR_CODE_ARCHIVE; the trainer unpacks it into /tmp, the pod's one writable directory."""
+    spec = owner(
+        {
+            "code": {"configMap": "digits-code", "image": "reg/me:3"},
+            "tuning": {"parameters": [{"name": "model.dropout", "type": "float", "min": 0.0, "max": 0.5}]},
+        }
+    )
+    pods = [
+        pod_of(b.workload_job(spec, SETTINGS, work))
+        for work in (
+            trial(),
+            PREPARE,
+            dataclasses.replace(PREPARE, name="evaluate-model", command="evaluate", models=("model",)),
+        )
+    ]
+    serving = b.serving_objects(spec, SETTINGS, "model", ServingSpec())[0]["spec"]["template"]["spec"]
+    for pod in [*pods, serving]:
+        (container,) = pod["containers"]
+        assert container["image"] == "reg/me:3"
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["code"] == {"name": "code", "configMap": {"name": "digits-code"}}
+        assert _mounts(container)["code"] == {"name": "code", "mountPath": b.CODE_MOUNT, "readOnly": True}
+        assert env_of(container)["CONVEYOR_CODE_ARCHIVE"] == f"{b.CODE_MOUNT}/{b.CODE_ARCHIVE_KEY}"
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert _mounts(container)["tmp"]["mountPath"] == "/tmp" and volumes["tmp"] == {
+            "name": "tmp",
+            "emptyDir": {},
+        }
+    (trainer,) = pods[0]["containers"]
+    assert env_of(trainer)["CONVEYOR_PIPELINE"] == "digits"
+
+
+def test_no_code_no_code_volume() -> None:
+    pod = pod_of(b.workload_job(owner(), SETTINGS, trial()))
+    (container,) = pod["containers"]
+    assert "code" not in {v["name"] for v in pod["volumes"]}
+    assert "CONVEYOR_CODE_ARCHIVE" not in env_of(container)
+    assert container["image"] == SETTINGS.image
+
+
+def test_the_user_program_runs_as_one_command_stage_per_pod() -> None:
+    """A training.command trial: each Indexed pod runs the trainer's command stage (which starts torchrun
+    from the PET_* environment), with the node rank from the completion index."""
+    work = dataclasses.replace(
+        trial(),
+        config={"training": {"command": ["python", "t.py", "--lr", "{{params.lr}}"]}},
+        params={"lr": 0.1},
+    )
+    (container,) = pod_of(b.workload_job(owner(), SETTINGS, work))["containers"]
+    argv = [*container["command"], *container["args"]]
+    assert argv[1:4] == ["-m", "conveyor.trainer", "command"] and "torch.distributed.run" not in argv
+    assert argv[argv.index("--") + 1 :] == ["python", "t.py", "--lr", "0.1"]
+    env = env_of(container)
+    assert env["PET_NODE_RANK"] == {"fieldRef": {"fieldPath": b.COMPLETION_INDEX}}
+    assert env["PET_NNODES"] == "2" and env["CONVEYOR_PARAMS"] == '{"lr":0.1}'

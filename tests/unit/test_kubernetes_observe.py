@@ -69,6 +69,8 @@ OK_MSG = json.dumps(RESULT)
         ),
         # Complete without a result: a fact; the engine makes it NoResult (test_executor_protocol).
         (job(("Complete", "")), [pod(0, "Succeeded", done(0))], "succeeded", None, False),
+        # Complete, but rank 0's pod is gone with its result (evicted as it ended): lost, run again.
+        (job(("Complete", "")), [pod(1, "Succeeded", done(0))], "lost", None, False),
         (
             job(("Failed", "BackoffLimitExceeded")),
             [pod(0, "Failed", done(137, "", "OOMKilled"))],
@@ -250,3 +252,74 @@ def test_trainer_push_reaches_the_progress_endpoint(tmp_path: Any, monkeypatch: 
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+def exchange(port: int, event: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """POST `event` as the trainer does (token "good"); the reply's status and JSON body."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{ss.PATH}",
+        data=json.dumps(event).encode(),
+        headers={"Authorization": "Bearer good", "Content-Type": "application/json", **(headers or {})},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return int(reply.status), json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return int(error.code), json.loads(error.read())
+
+
+def test_the_endpoint_answers_a_stopped_attempts_posts_with_stop() -> None:
+    """Once asked (the Kubernetes executor's `request_stop`), every POST of that attempt is answered
+    {"stop": true} (200), asking again changes nothing, other attempts are not told, and the event is
+    still kept (with its step); forgetting the pipeline forgets the ask."""
+    import asyncio
+    import threading
+
+    from tests.helpers.operator_bed import free_port
+
+    port = free_port()
+    store = ss.ProgressStore()
+    server = ss.ProgressServer(
+        store, lambda token: review_for("p-0"), lambda ns, name: {"metadata": {"labels": LABELS}}
+    )
+    loop = asyncio.new_event_loop()
+    runner = loop.run_until_complete(ss.serve(server, "127.0.0.1", port))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    event = {"event": "epoch", "epoch": 1, "epochs": 100, "step": 90, "maxSteps": 900, "metrics": {"loss": 1}}
+    try:
+        assert exchange(port, event) == (202, {"accepted": True})
+        store.ask_stop("ml", "digits", "trial-0001", 0)  # another attempt (the pod's is 1)
+        assert exchange(port, event) == (202, {"accepted": True})
+        for _ in range(2):
+            store.ask_stop("ml", "digits", "trial-0001", 1)
+        assert exchange(port, {**event, "epoch": 2, "step": 180}) == (200, {"stop": True})
+        assert exchange(port, {**event, "epoch": 3, "step": 270}) == (200, {"stop": True})
+        reports = store.lookup("ml", "digits", "trial-0001", 1)
+        assert [(r.epoch, r.step) for r in reports] == [(1, 90), (2, 180), (3, 270)]
+        store.forget("ml", "digits")
+        assert exchange(port, event) == (202, {"accepted": True})
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+
+def test_the_kubernetes_executor_asks_the_endpoint_by_the_pipelines_label() -> None:
+    """`request_stop` reaches the progress store under the key the endpoint derives from pod labels
+    (a long pipeline name is shortened in its label); nothing is written to the cluster (the API
+    client is absent: any call would fail)."""
+    from tests.helpers.specs import make_spec
+
+    store = ss.ProgressStore()
+    shared = ex.KubernetesExecutor(ex.Api(client=None), progress=store.lookup, ask_stop=store.ask_stop)
+    name = "a-pipeline-with-a-name-much-longer-than-a-label-value-may-be-at-all"
+    owner = builders.Owner(name, "ml", "uid-1", make_spec())
+    executor = shared.for_pipeline(owner, {"metadata": {"name": name, "namespace": "ml"}})
+    executor.request_stop("trial-0003", 2)
+    assert store.stops == {("ml", builders.label_value(name), "trial-0003", 2)}
+    assert builders.label_value(name) != name

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.operator.engine.actions import StartWorkload, StopWorkload
+from conveyor.operator.engine.actions import RequestStop, StartWorkload, StopWorkload
 from conveyor.operator.engine.observations import WorkloadObservation
 from conveyor.operator.executors.forkserver import ForkServer
 from conveyor.operator.executors.local import LocalExecutor, torchrun_process_env
 from conveyor.operator.executors.protocol import carry_out
 from conveyor.operator.workloads import TORCHRUN_PROCESS_ENV, Workload
+from conveyor.sdk.env import STOP_FILE
 from tests.helpers.processes import alive, fake_python, leftovers, stand_in_executor
 
 Make = Callable[[Path, str], LocalExecutor]
@@ -211,3 +212,38 @@ def test_the_fork_server_forks_from_one_thread_and_takes_its_children_along(tmp_
         assert leftovers(lambda: [pid for pid in (child.pid, grandchild) if alive(pid)], timeout=10) == []
     finally:
         server.close()
+
+
+def wait_for_stop(out: Path) -> str:
+    """Shell: wait (bounded) for the stop file in `out`, as conveyor.sdk.report does; exit 0 only if
+    it came."""
+    return (
+        f'i=0; while [ ! -f "{out}/{STOP_FILE}" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; '
+        f'[ -f "{out}/{STOP_FILE}" ] && echo "stopped $PET_NODE_RANK"'
+    )
+
+
+def test_a_stop_request_reaches_every_worker_through_the_stop_file(tmp_path: Path, make: Make) -> None:
+    root = tmp_path / "run"
+    workload = trial()
+    out = root / workload.out
+    executor = make(root, wait_for_stop(out))
+    carry_out(executor, [StartWorkload(workload)])
+    carry_out(executor, [RequestStop("trial-0001", 1, "Pruned")])  # another attempt: not this one
+    carry_out(executor, [RequestStop("trial-0002", 0, "Pruned")])  # nothing of that name runs
+    assert not (out / STOP_FILE).exists() and observe(executor, workload).state == "running"
+    carry_out(executor, [RequestStop("trial-0001", 0, "Pruned")] * 2)  # asked on every reconcile
+    assert wait_until_done(executor, workload) == "succeeded"
+    log = (root / "logs" / "trial-0001-0.log").read_text().split("\n")
+    assert sorted(line for line in log if line) == ["stopped 0", "stopped 1"]
+
+
+def test_a_new_attempt_does_not_obey_a_stop_meant_for_an_older_one(tmp_path: Path, make: Make) -> None:
+    root = tmp_path / "run"
+    out = root / trial().out
+    out.mkdir(parents=True)
+    (out / STOP_FILE).touch()
+    executor = make(root, "sleep 30")
+    carry_out(executor, [StartWorkload(trial(attempt=1))])
+    assert not (out / STOP_FILE).exists()
+    executor.shutdown()

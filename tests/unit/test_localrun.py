@@ -167,3 +167,43 @@ def test_a_new_run_on_the_same_directory_resumes_from_its_status(tmp_path: Path)
     assert resumed.stages.prepare == interrupted.stages.prepare  # prepared once, not again
     assert [t.name for t in resumed.trials] == [t.name for t in interrupted.trials]
     assert "prepare" not in executor.started
+
+
+def test_code_path_is_resolved_against_the_manifests_directory(tmp_path: Path) -> None:
+    (tmp_path / "project" / "src").mkdir(parents=True)
+    document = reference_document()
+    document["spec"]["code"] = {"path": "src"}
+    resolved = localrun.resolve_code(parse(document), tmp_path / "project")
+    assert resolved.spec.code.path == str(tmp_path / "project" / "src")
+    assert localrun.resolve_code(resolved, Path("/elsewhere")) == resolved  # absolute stays
+    with pytest.raises(ValueError, match=r"spec.code.path: .*missing is not a directory"):
+        document["spec"]["code"] = {"path": "missing"}
+        localrun.resolve_code(parse(document), tmp_path / "project")
+
+
+class Recording(Executor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.workloads: list[Workload] = []
+
+    def start(self, workload: Workload) -> None:
+        self.workloads.append(workload)
+        super().start(workload)
+
+
+def test_started_workloads_know_the_pipeline_and_the_code(tmp_path: Path) -> None:
+    """The engine decides from the spec alone; the run fills in the pipeline's name and the code
+    directory, which the workload contract turns into CONVEYOR_PIPELINE and CONVEYOR_CODE."""
+    (tmp_path / "src").mkdir()
+    document = reference_document()
+    document["spec"]["code"] = {"path": str(tmp_path / "src")}
+    run = LocalRun.create(parse(document), tmp_path / "run")
+    executor = Recording()
+    run.executor = executor  # type: ignore[assignment]
+    run.step(PipelineStatus())
+    (prepare,) = executor.workloads
+    assert (prepare.name, prepare.pipeline, prepare.code) == ("prepare", "digits", str(tmp_path / "src"))
+    plain = LocalRun.create(pipeline(), tmp_path / "plain")
+    plain.executor = executor  # type: ignore[assignment]
+    plain.step(PipelineStatus())
+    assert executor.workloads[-1].code is None and executor.workloads[-1].pipeline == "digits"

@@ -87,7 +87,8 @@ def test_defaults_are_the_charts_operator_settings(capsys: pytest.CaptureFixture
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     image = f"{values['trainerImage']['repository']}:{values['trainerImage']['tag'] or chart['appVersion']}"
-    progress = f"http://conveyor-progress.conveyor-system.svc:{values['progress']['port']}"
+    assert values["progress"]["tls"]["enabled"] is True
+    progress = f"https://conveyor-progress.conveyor-system.svc:{values['progress']['port']}"
     for obj in rendered(capsys, "-f", str(REFERENCE)):
         if obj["kind"] in ("Job", "Deployment"):
             assert obj["metadata"]["namespace"] == "default"
@@ -95,6 +96,11 @@ def test_defaults_are_the_charts_operator_settings(capsys: pytest.CaptureFixture
             assert ctr["image"] == image
             assert ctr["imagePullPolicy"] == values["trainerImage"]["pullPolicy"]
             assert {"name": "CONVEYOR_PROGRESS_URL", "value": progress} in ctr["env"]
+            # the CA pods verify the endpoint with: the operator's, a placeholder until it runs
+            ca_file = {"name": "CONVEYOR_PROGRESS_CA_FILE", "value": f"{builders.TOKEN_DIR}/ca.crt"}
+            assert ca_file in ctr["env"]
+            annotations = obj["spec"]["template"]["metadata"]["annotations"]
+            assert annotations[builders.PROGRESS_CA_ANNOTATION] == render.PLACEHOLDER_CA
 
 
 def test_settings_and_namespace_from_the_command_line(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
+from conveyor.operator.command_template import TemplateError
 from conveyor.operator.workloads import (
     RESERVED_ENV,
+    TRAINER_PROCESS_ENV,
     Workload,
     command_argv,
     contract_env,
@@ -140,10 +143,28 @@ def test_reserved_env_is_the_contract() -> None:
     process, and the pvc:// mount root and progress endpoint the Kubernetes executor sets (tested with the
     builders)."""
     distributed = contract_env(TRIAL, "h", 1, 0)
-    kubernetes = {"CONVEYOR_PVC_ROOT", "CONVEYOR_PROGRESS_URL", "CONVEYOR_PROGRESS_TOKEN_FILE"}
-    assert set(RESERVED_ENV) == {*distributed, "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", *kubernetes}
+    kubernetes = {
+        "CONVEYOR_PVC_ROOT",
+        "CONVEYOR_PROGRESS_URL",
+        "CONVEYOR_PROGRESS_TOKEN_FILE",
+        "CONVEYOR_PROGRESS_CA_FILE",
+    }
+    trainer = {"CONVEYOR_CONFIG", "CONVEYOR_OUT", "CONVEYOR_DATA"}
+    code = {"CONVEYOR_CODE", "CONVEYOR_CODE_ARCHIVE"}  # set when the pipeline has code
+    assert set(TRAINER_PROCESS_ENV) == trainer
+    assert set(RESERVED_ENV) == {
+        *distributed,
+        *code,
+        "RANK",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        *trainer,
+        *kubernetes,
+    }
     single = contract_env(Workload("prepare", "prepare", "prepare", "data"))
-    assert set(single) == {"CONVEYOR_WORKLOAD", "CONVEYOR_ATTEMPT"} < set(distributed)
+    identity = {"CONVEYOR_PIPELINE", "CONVEYOR_WORKLOAD", "CONVEYOR_ATTEMPT", "CONVEYOR_PARAMS"}
+    assert set(single) == identity < set(distributed)
+    assert "CONVEYOR_TRIAL" in distributed
     assert "CONVEYOR_RUN_ROOT" not in RESERVED_ENV  # nothing sets it
 
 
@@ -170,3 +191,55 @@ def test_serve_argv() -> None:
     argv = serve_argv("ensemble", ServingSpec(quantization="int8", max_batch_size=16), "/r", port=9000)
     assert argv[:3] == ["serve", "--model", "/r/ensemble"]
     assert argv[argv.index("--port") + 1] == "9000" and argv[argv.index("--quantization") + 1] == "int8"
+
+
+COMMAND_TRIAL = dataclasses.replace(
+    TRIAL,
+    config={
+        "training": {
+            "command": [
+                "python",
+                "train.py",
+                "--lr",
+                "{{params.optimizer.learningRate}}",
+                "--name={{params.model.options.name}}",
+                "--amp",
+                "{{ params.training.amp }}",
+            ]
+        }
+    },
+    params={"optimizer.learningRate": 0.001, "model.options.name": "a b;rm", "training.amp": True},
+)
+
+
+def test_the_user_program_runs_once_per_worker_with_its_parameters_rendered() -> None:
+    argv, env = command_argv(COMMAND_TRIAL, "/r", "rank0", 29500, node_rank=1, python="/py")
+    assert argv[:4] == ["/py", "-m", "conveyor.trainer", "command"]  # no torchrun: the stage starts it
+    assert argv[argv.index("--data") + 1] == "/r/data" and argv[argv.index("--out") + 1].startswith("/r/")
+    program = argv[argv.index("--") + 1 :]
+    # A whole-argument placeholder is one argv element as it is; an embedded one is shell-quoted.
+    assert program == ["python", "train.py", "--lr", "0.001", "--name='a b;rm'", "--amp", "true"]
+    assert env["PET_NNODES"] == "2" and env["PET_NODE_RANK"] == "1" and env["PET_MASTER_ADDR"] == "rank0"
+
+
+def test_the_final_training_renders_the_best_trials_values() -> None:
+    final = dataclasses.replace(COMMAND_TRIAL, name="train", trial=None, params={**COMMAND_TRIAL.params})
+    argv = trainer_argv(final, "/r")
+    assert argv[0] == "command" and "0.001" in argv
+
+
+def test_a_placeholder_without_a_value_is_an_error_naming_it() -> None:
+    broken = dataclasses.replace(COMMAND_TRIAL, params={"optimizer.learningRate": 0.1})
+    with pytest.raises(TemplateError, match=r"\{\{params.model.options.name\}\}"):
+        trainer_argv(broken, "/r")
+
+
+def test_user_code_reaches_the_environment() -> None:
+    workload = dataclasses.replace(TRIAL, pipeline="digits", code="/src", code_archive=None)
+    env = contract_env(workload, "h", 1, 0)
+    assert env["CONVEYOR_PIPELINE"] == "digits" and env["CONVEYOR_TRIAL"] == "7"
+    assert json.loads(env["CONVEYOR_PARAMS"]) == {"model.dropout": 0.2}  # typed, not strings
+    assert env["CONVEYOR_CODE"] == "/src" and "CONVEYOR_CODE_ARCHIVE" not in env
+    packed = contract_env(dataclasses.replace(TRIAL, code_archive="/code/code.tar.gz"))
+    assert packed["CONVEYOR_CODE_ARCHIVE"] == "/code/code.tar.gz" and "CONVEYOR_CODE" not in packed
+    assert "CONVEYOR_TRIAL" not in contract_env(dataclasses.replace(TRIAL, trial=None))

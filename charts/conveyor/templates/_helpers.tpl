@@ -31,36 +31,44 @@ app.kubernetes.io/component: operator
 {{- end -}}
 
 {{- define "conveyor.progressUrl" -}}
-{{- printf "http://%s-progress.%s.svc:%d" (include "conveyor.fullname" .) .Release.Namespace (int .Values.progress.port) -}}
+{{- $scheme := ternary "https" "http" .Values.progress.tls.enabled -}}
+{{- printf "%s://%s-progress.%s.svc:%d" $scheme (include "conveyor.fullname" .) .Release.Namespace (int .Values.progress.port) -}}
 {{- end -}}
 
-{{/* Rules for the namespaced objects the operator manages: no wildcards, only the verbs it uses. */}}
+{{/* The Secret holding the progress endpoint's CA: created by the operator (statusserver). */}}
+{{- define "conveyor.progressTlsSecret" -}}
+{{- printf "%s-progress-tls" (include "conveyor.fullname" .) -}}
+{{- end -}}
+
+{{/* Rules for the namespaced objects the operator manages: no wildcards, only the verbs it uses
+(tests/unit/test_chart_rbac.py maps every rule to the code that needs it). Server-side apply needs
+`patch`, and `create` for an object that does not exist yet. */}}
 {{- define "conveyor.namespacedRules" -}}
 - apiGroups: ["conveyor.dev"]
   resources: ["trainingpipelines"]
   verbs: ["get", "list", "watch", "delete"]
 - apiGroups: ["conveyor.dev"]
   resources: ["trainingpipelines/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]  # the artifacts claim of a pipeline without storage.uri
   verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end -}}

@@ -37,9 +37,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--progress-port", type=int, default=8081)
     parser.add_argument(
+        "--progress-tls-secret",
+        help="NAMESPACE/NAME of the Secret holding the progress endpoint's CA (created if missing); "
+        "required with an https --progress-url, which the endpoint then serves",
+    )
+    parser.add_argument(
         "--progress-advertise-url", default=env("CONVEYOR_PROGRESS_ADVERTISE_URL"),
         help="this replica's own progress endpoint, advertised on the Lease while it leads so standbys "
-        "forward pods' events to it (default: http://$POD_IP:<progress port>)",
+        "forward pods' events to it (default: $POD_IP, port and scheme of the progress URL)",
     )
     parser.add_argument("--metrics-port", type=int, default=8080, help="0 disables /metrics")
     parser.add_argument("--health-port", type=int, default=8082, help="0 disables /healthz")
@@ -83,6 +88,9 @@ def handle(args: argparse.Namespace) -> int:
     )
     if not args.verbose:
         logging.getLogger("kopf").setLevel(logging.WARNING)
+    https = bool(args.progress_url) and args.progress_url.startswith("https://")
+    if https != bool(args.progress_url and args.progress_tls_secret):
+        raise SystemExit("an https --progress-url and --progress-tls-secret go together")
     candidacy = None
     if args.leader_elect:
         namespace = args.leader_election_namespace or (
@@ -95,7 +103,9 @@ def handle(args: argparse.Namespace) -> int:
             args.leader_election_id,
             args.identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}",
             leader.Timings(args.lease_duration, args.renew_deadline, args.retry_period),
-            advertise_url(args.progress_advertise_url, os.environ.get("POD_IP"), args.progress_port)
+            advertise_url(
+                args.progress_advertise_url, os.environ.get("POD_IP"), args.progress_port, https
+            )
             if args.progress_url
             else None,
         )
@@ -105,6 +115,7 @@ def handle(args: argparse.Namespace) -> int:
         image_pull_policy=args.image_pull_policy,
         progress_url=args.progress_url or None,
         progress_port=args.progress_port,
+        progress_tls_secret=args.progress_tls_secret if https else None,
         metrics_port=args.metrics_port or None,
         health_port=args.health_port or None,
         resync_seconds=args.resync,
@@ -116,11 +127,12 @@ def handle(args: argparse.Namespace) -> int:
     return 0
 
 
-def advertise_url(explicit: str | None, pod_ip: str | None, port: int) -> str | None:
+def advertise_url(explicit: str | None, pod_ip: str | None, port: int, https: bool = False) -> str | None:
     """Where this replica's progress endpoint is reachable from the other replicas: the flag, else the
     pod's IP (the chart sets POD_IP from the downward API), else nowhere (standbys answer 503)."""
     if explicit:
         return explicit
     if not pod_ip:
         return None
-    return f"http://[{pod_ip}]:{port}" if ":" in pod_ip else f"http://{pod_ip}:{port}"
+    scheme = "https" if https else "http"
+    return f"{scheme}://[{pod_ip}]:{port}" if ":" in pod_ip else f"{scheme}://{pod_ip}:{port}"

@@ -8,8 +8,10 @@ the parameters the study asks first, train, evaluate-model, ensemble (the first 
 in for the best ones) and evaluate-ensemble, then serving (Deployment, Service, and the HPA with
 `serving.autoscaling`). Values only known at run time are placeholders: the final training is shown
 with the spec's own parameters (the operator uses the best trial's) and the owner reference's uid is
-zeros. The defaults of `--image`, `--image-pull-policy` and `--progress-url` are what the Helm chart's
-operator uses when installed as `conveyor` in `conveyor-system`.
+zeros, and with an https `--progress-url` the progress CA certificate pods verify the endpoint with
+(which the operator creates at its first start) is `PLACEHOLDER_CA`. The defaults of `--image`,
+`--image-pull-policy` and `--progress-url` are what the Helm chart's operator uses when installed as
+`conveyor` in `conveyor-system`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ if TYPE_CHECKING:
     from conveyor.operator.kubernetes.builders import Owner, Settings
 
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
-CHART_PROGRESS_URL = "http://conveyor-progress.conveyor-system.svc:8081"
+PLACEHOLDER_CA = "<the progress CA certificate (PEM) in the Secret conveyor-system/conveyor-progress-tls>"
+CHART_PROGRESS_URL = "https://conveyor-progress.conveyor-system.svc:8081"
 CHART_PULL_POLICY = "IfNotPresent"
 
 
@@ -67,6 +70,7 @@ def handle(args: argparse.Namespace) -> int:
         image=args.image or f"{repository}:{version('conveyor')}",
         image_pull_policy=args.image_pull_policy or None,
         progress_url=args.progress_url or None,
+        progress_ca=PLACEHOLDER_CA if args.progress_url.startswith("https://") else None,
     )
     objects = []
     for pipeline in pipelines:

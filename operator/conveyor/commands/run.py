@@ -3,11 +3,17 @@
 Prepare, tune, train, evaluate, ensemble, then serve until Ctrl-C (`--no-serve` stops after the
 ensemble). A live view shows the stage, the trials and the best so far. Ctrl-C stops every child
 process; the same command again resumes where it stopped.
+
+User code: `spec.code.path` is relative to the manifest's directory. It goes on this process's path,
+where its entrypoints are imported and checked before anything starts (as `conveyor validate` does),
+and into the environment of every process the run starts (`CONVEYOR_CODE`, `PYTHONPATH`), serving
+included.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -61,7 +67,24 @@ def handle(args: argparse.Namespace) -> int:
     if len(pipelines) != 1:
         console.print(f"[red]{args.filename} holds {len(pipelines)} pipelines; conveyor run takes one[/red]")
         return 2
-    pipeline = pipelines[0]
+    from conveyor.commands.validate import code_problems, use_code
+    from conveyor.sdk import env as sdk_env
+
+    try:
+        pipeline = use_code(pipelines[0], Path(args.filename).resolve().parent)
+    except ValueError as error:
+        console.print(f"[red]{args.filename}: {error}[/red]")
+        return 2
+    code = pipeline.spec.code.path
+    if code is not None:
+        os.environ[sdk_env.CODE] = code
+        os.environ["PYTHONPATH"] = os.pathsep.join([code, *filter(None, [os.environ.get("PYTHONPATH")])])
+    problems = code_problems(pipeline)
+    if problems:
+        console.print(f"[red]{args.filename}: the pipeline's code is not usable:[/red]")
+        for problem in problems:
+            console.print(problem, markup=False, highlight=False)
+        return 2
     name = pipeline.metadata.name or "pipeline"
     root = args.root or default_root(pipeline)
     if args.fresh and root.exists():

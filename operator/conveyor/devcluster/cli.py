@@ -40,6 +40,12 @@ def add_parser(subparsers: Any) -> None:
         "then need the toleration (conveyor.devcluster.kwok.SIMULATED)",
     )
     p.add_argument("--local-node-gpus", type=int, default=0, help="nvidia.com/gpu the local node advertises")
+    p.add_argument(
+        "--kueue",
+        action="store_true",
+        help="also run Kueue: ClusterQueue `conveyor` with every GPU as quota, LocalQueue default/conveyor "
+        "(set spec.scheduling.queueName)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -83,6 +89,7 @@ def up(args: argparse.Namespace, state_dir: Path) -> int:
         gpu_product=args.gpu_product,
         local_node=not args.no_local_node,
         local_node_gpus=args.local_node_gpus,
+        kueue=args.kueue,
     )
     cluster = Cluster(config)
     cluster.start()
@@ -90,6 +97,7 @@ def up(args: argparse.Namespace, state_dir: Path) -> int:
         f"dev-cluster up in {cluster.startup_seconds:.1f}s: {cluster.api_url}, "
         f"{args.gpu_nodes} GPU nodes x {args.gpus_per_node} nvidia.com/gpu"
         + ("" if args.no_local_node else ", local node conveyor-local")
+        + (", Kueue (LocalQueue default/conveyor)" if args.kueue else "")
         + f"; logs in {cluster.log_dir}",
         file=sys.stderr,
     )

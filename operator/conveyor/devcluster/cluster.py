@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from conveyor.devcluster import kwok, podnet, processes
+from conveyor.devcluster import kueue, kwok, podnet, processes
 from conveyor.devcluster.pki import Pki, make_pki
 from conveyor.devcluster.processes import Proc, StartError
 
@@ -83,6 +83,8 @@ class ClusterConfig:
     start_timeout: float = 120.0
     #: pid of the process whose cluster this is (pytest); None for detached clusters (dev-cluster up)
     owner_pid: int | None = None
+    #: also start Kueue (``start_kueue``): its CRDs, webhooks and the queues ``conveyor`` of all GPUs
+    kueue: bool = False
 
 
 class Cluster:
@@ -147,6 +149,8 @@ class Cluster:
             if self.config.local_node:
                 self._start_agent()
             self._wait_ready()
+            if self.config.kueue:
+                self.start_kueue()
         except BaseException:
             self.stop()
             raise
@@ -220,8 +224,20 @@ class Cluster:
             "etcd /health", lambda: '"true"' in processes.http_get(f"{url}/health")[1], 30, proc
         )
 
-    def _start_apiserver(self, pki: Pki) -> None:
-        port = self.ports["apiserver"] = processes.free_port()
+    def restart_apiserver(self) -> float:
+        """Stop kube-apiserver and start it again in place (same port, etcd, PKI and flags), as a
+        control-plane upgrade or crash does; every client keeps its kubeconfig and must reconnect. The
+        seconds until it was ready again (`benchmarks/chaos.py` injects this fault)."""
+        index = next(i for i, p in enumerate(self.procs) if p.name == "kube-apiserver")
+        t0 = time.monotonic()
+        processes.stop(self.procs.pop(index))
+        self._start_apiserver(make_pki(self.state_dir / "pki"), self.ports["apiserver"])
+        self.procs.insert(index, self.procs.pop())  # stop() order unchanged: after the controllers
+        self._save()
+        return time.monotonic() - t0
+
+    def _start_apiserver(self, pki: Pki, port: int | None = None) -> None:
+        port = self.ports["apiserver"] = port or processes.free_port()
         proc = self._spawn(
             "kube-apiserver",
             [
@@ -398,6 +414,123 @@ class Cluster:
             "ServiceAccount default/default",
             lambda: bool(core.read_namespaced_service_account("default", "default")),
         )
+
+    def kueue_running(self) -> bool:
+        return any(p.name == "kueue" and p.alive() for p in self.procs)
+
+    def start_kueue(self) -> None:
+        """Start Kueue against this (running) cluster: its CRDs, its webhooks (see ``kueue``), the
+        controller-manager, then ResourceFlavor ``conveyor-default``, ClusterQueue ``conveyor`` with
+        every GPU of the nodes as quota and LocalQueue ``default/conveyor``. A no-op when it runs."""
+        from kubernetes import client
+
+        if self.kueue_running():
+            return
+        assets = kueue.asset_dir(self.config.bin_dir)
+        if not os.access(self.config.bin_dir / "kueue", os.X_OK) or not (assets / "crds").is_dir():
+            raise StartError(f"Kueue is not built in {self.config.bin_dir}; run scripts/build-control-plane")
+        work = self.state_dir / "kueue"
+        work.mkdir(parents=True, exist_ok=True)
+        port = self.ports["kueue-webhook"] = processes.free_port()
+        self._kubectl_apply(work / "service.yaml", kueue.webhook_service(port))
+        core: Any = client.CoreV1Api(self.api())
+        cluster_ip = core.read_namespaced_service(kueue.SERVICE, kueue.NAMESPACE).spec.cluster_ip
+        crds = kueue.crds(assets, port)
+        self._kubectl_apply(work / "crds.yaml", [*crds, *kueue.webhook_configurations(assets, port)])
+        names = [f"crd/{c['metadata']['name']}" for c in crds]
+        self._kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+        health = self.ports["kueue-health"] = processes.free_port()
+        metrics = self.ports["kueue-metrics"] = processes.free_port()
+        config = work / "config.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                kueue.configuration(
+                    webhook_host=cluster_ip, webhook_port=port, cert_dir=work / "certs",
+                    health_port=health, metrics_port=metrics,
+                )
+            )
+        )  # fmt: skip
+        proc = processes.spawn(
+            "kueue",
+            # The visibility API server needs an APIService and binds 0.0.0.0; the test bed uses neither.
+            [self.binary("kueue"), f"--config={config}", "--feature-gates=VisibilityOnDemand=false"],
+            self.log_dir,
+            str(self.state_dir),
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+        )
+        self.procs.append(proc)
+        self._save()
+        certs = work / "certs"
+        processes.wait_until(
+            "kueue /readyz",
+            lambda: (
+                self._mount_kueue_certs(core, certs)
+                and processes.http_get(f"http://127.0.0.1:{health}/readyz")[0] == 200
+            ),
+            self.config.start_timeout,
+            proc,
+        )
+        # From the nodes, not the config: an attached cluster (dev-cluster) has only its defaults.
+        nodes = core.list_node().items
+        gpus = sum(int((n.status.allocatable or {}).get(kwok.GPU_RESOURCE, "0")) for n in nodes)
+        queues = [
+            kueue.resource_flavor(),
+            kueue.cluster_queue(kueue.CLUSTER_QUEUE, gpus),
+            kueue.local_queue(kueue.LOCAL_QUEUE, "default", kueue.CLUSTER_QUEUE),
+        ]
+        # Ready: the webhook server listens; the API server may take a moment more to trust its CA.
+        self._wait_with_procs(
+            "Kueue's webhooks to accept the queues",
+            lambda: (
+                self._mount_kueue_certs(core, certs)
+                and self._kubectl_apply(work / "queues.yaml", queues, check=False).returncode == 0
+            ),
+        )
+
+    @staticmethod
+    def _mount_kueue_certs(core: Any, cert_dir: Path) -> bool:
+        """Play the kubelet's part for Kueue's Secret volume: Kueue writes its certificates to the
+        Secret and waits for them to appear in its cert dir. True once the files match the Secret."""
+        data = core.read_namespaced_secret(kueue.SECRET, kueue.NAMESPACE).data or {}
+        if not all(data.get(k) for k in kueue.CERT_FILES):
+            return False
+        cert_dir.mkdir(parents=True, exist_ok=True)
+        for key in kueue.CERT_FILES:
+            content = base64.b64decode(data[key])
+            path = cert_dir / key
+            if not path.exists() or path.read_bytes() != content:
+                tmp = cert_dir / f".{key}.tmp"
+                tmp.write_bytes(content)
+                tmp.chmod(0o600)
+                tmp.replace(path)
+        return True
+
+    def stop_kueue(self) -> None:
+        """Stop Kueue and remove its webhook configurations (which would otherwise refuse every Job)."""
+        self._kubectl(
+            "delete", "mutatingwebhookconfiguration,validatingwebhookconfiguration",
+            "kueue-mutating-webhook-configuration", "kueue-validating-webhook-configuration",
+            "--ignore-not-found", check=False,
+        )  # fmt: skip
+        for proc in [p for p in self.procs if p.name == "kueue"]:
+            processes.stop(proc)
+            self.procs.remove(proc)
+        self._save()
+
+    def _kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(
+            [self.binary("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        if check and out.returncode != 0:
+            raise StartError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
+        return out
+
+    def _kubectl_apply(
+        self, path: Path, objects: list[dict[str, Any]], check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        path.write_text(yaml.safe_dump_all(objects, sort_keys=False))
+        return self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path), check=check)
 
     def _wait_with_procs(self, what: str, check: Any) -> None:
         deadline = time.monotonic() + self.config.start_timeout

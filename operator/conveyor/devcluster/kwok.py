@@ -163,6 +163,33 @@ def pod_stages() -> list[dict[str, Any]]:
         "Failed",
         "Error",
     )
+    # A kubelet stops a deleted pod's containers (SIGTERM: exit 143) and reports phase Failed; a pod
+    # with finalizers (a Job's tracking finalizer) must get there, or a Job with a podFailurePolicy,
+    # which only counts terminal pods, waits for it forever (evicted or node-drained pods).
+    stopped = {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Stage",
+        "metadata": {"name": "conveyor-pod-stop-deleted"},
+        "spec": {
+            "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+            "selector": {
+                "matchExpressions": [
+                    {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
+                    {"key": ".metadata.finalizers", "operator": "Exists"},
+                    {"key": ".status.phase", "operator": "In", "values": ["Pending", "Running"]},
+                ]
+            },
+            "next": {
+                "statusTemplate": "\n".join(
+                    line for line in _TERMINATED.splitlines() if "@MSG@" not in line and "@CODE@" not in line
+                )
+                .replace("$msg", '""')
+                .replace("$code", "143")
+                .replace("@REASON@", "Error")
+                .replace("@PHASE@", "Failed")
+            },
+        },
+    }
     delete = {
         "apiVersion": "kwok.x-k8s.io/v1alpha1",
         "kind": "Stage",
@@ -178,7 +205,7 @@ def pod_stages() -> list[dict[str, Any]]:
             "next": {"delete": True},
         },
     }
-    return [start, succeed_job, succeed_zero, fail, delete]
+    return [start, succeed_job, succeed_zero, fail, stopped, delete]
 
 
 def gpu_node(

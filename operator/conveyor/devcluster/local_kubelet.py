@@ -439,13 +439,33 @@ class LocalKubelet:
                 return None
             raise
 
-    def _files(self, target: Path, data: Mapping[str, str], items: list[dict[str, Any]] | None) -> None:
+    def volume_data(self, kind: str, ns: str, name: str) -> dict[str, str | bytes]:
+        """The files a configMap or secret volume holds: a ConfigMap's `data` and, as a kubelet does,
+        its `binaryData` (bytes: a packed code directory)."""
+        found: dict[str, str | bytes] = dict(self.lookup(kind, ns, name) or {})
+        if kind == "configMapRef":
+            try:
+                binary = self.core.read_namespaced_config_map(name, ns).binary_data or {}
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+                binary = {}
+            found.update({k: base64.b64decode(v) for k, v in binary.items()})
+        return found
+
+    def _files(
+        self, target: Path, data: Mapping[str, str | bytes], items: list[dict[str, Any]] | None
+    ) -> None:
         target.mkdir(parents=True, exist_ok=True)
         pairs = [(i["key"], i["path"]) for i in items] if items else [(k, k) for k in data]
         for key, rel in pairs:
             if key in data:
                 (target / rel).parent.mkdir(parents=True, exist_ok=True)
-                (target / rel).write_text(data[key])
+                value = data[key]
+                if isinstance(value, bytes):
+                    (target / rel).write_bytes(value)
+                else:
+                    (target / rel).write_text(value)
 
     def prepare_volumes(self, pod: dict[str, Any], root: Path) -> dict[str, Path]:
         """Local directories for the pod's volumes."""
@@ -474,7 +494,7 @@ class LocalKubelet:
                 src_ref = v.get("configMap") or v.get("secret") or {}
                 kind = "configMapRef" if "configMap" in v else "secretRef"
                 ref_name = str(src_ref.get("name") or src_ref.get("secretName"))
-                self._files(target, self.lookup(kind, ns, ref_name) or {}, src_ref.get("items"))
+                self._files(target, self.volume_data(kind, ns, ref_name), src_ref.get("items"))
             elif "downwardAPI" in v:
                 self._downward_files(pod, target, v["downwardAPI"].get("items") or [])
             elif "projected" in v:
@@ -482,11 +502,12 @@ class LocalKubelet:
                     if "configMap" in source or "secret" in source:
                         ref = source.get("configMap") or source.get("secret") or {}
                         kind = "configMapRef" if "configMap" in source else "secretRef"
-                        self._files(target, self.lookup(kind, ns, ref["name"]) or {}, ref.get("items"))
+                        self._files(target, self.volume_data(kind, ns, ref["name"]), ref.get("items"))
                     elif "downwardAPI" in source:
                         self._downward_files(pod, target, source["downwardAPI"].get("items") or [])
                     elif "serviceAccountToken" in source:
-                        self._token_file(pod, target / source["serviceAccountToken"]["path"])
+                        token = source["serviceAccountToken"]
+                        self._token_file(pod, target / token["path"], token.get("audience"))
         return out
 
     def _downward_files(self, pod: dict[str, Any], target: Path, items: list[dict[str, Any]]) -> None:
@@ -494,9 +515,10 @@ class LocalKubelet:
             if "fieldRef" in item:
                 (target / item["path"]).write_text(podspec.field_value(pod, item["fieldRef"]["fieldPath"]))
 
-    def _token_file(self, pod: dict[str, Any], path: Path) -> None:
+    def _token_file(self, pod: dict[str, Any], path: Path, audience: str | None = None) -> None:
         sa = pod["spec"].get("serviceAccountName") or "default"
-        body = {"spec": {"audiences": None, "boundObjectRef": {"kind": "Pod", "apiVersion": "v1",
+        audiences = [audience] if audience else None  # None: the API server's own, as the kubelet does
+        body = {"spec": {"audiences": audiences, "boundObjectRef": {"kind": "Pod", "apiVersion": "v1",
                 "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]}}}  # fmt: skip
         try:
             token = self.core.create_namespaced_service_account_token(sa, pod["metadata"]["namespace"], body)

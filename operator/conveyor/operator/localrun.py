@@ -5,14 +5,19 @@ observes the workloads it names, asks the engine for the next actions, writes it
 only when it changed) and carries the actions out, as the operator does. Running the same command
 again therefore resumes: finished trials are not run again, and interrupted workloads restart from
 their checkpoints.
+
+The engine decides workloads from the spec alone; what only the run knows is filled in here before the
+executor starts them: the pipeline's name and the user's code directory (`spec.code.path`, resolved
+against the manifest's directory by `resolve_code`), which reach every process through the workload
+contract (`CONVEYOR_PIPELINE`, `CONVEYOR_CODE`; the trainer puts the directory on its path).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +25,7 @@ from conveyor.operator.api.resource import TrainingPipeline
 from conveyor.operator.api.spec import TrainingPipelineSpec
 from conveyor.operator.api.status import PipelineStatus
 from conveyor.operator.engine import active_workloads, reconcile
+from conveyor.operator.engine.actions import Action, StartWorkload
 from conveyor.operator.executors.local import LocalExecutor
 from conveyor.operator.executors.protocol import carry_out
 from conveyor.trainer.artifacts import write_json_atomic
@@ -42,6 +48,22 @@ def load_status(root: Path) -> PipelineStatus:
 
 def save_status(root: Path, status: PipelineStatus) -> None:
     write_json_atomic(root / STATUS_FILE, status.to_wire())
+
+
+def resolve_code(pipeline: TrainingPipeline, manifest_dir: Path) -> TrainingPipeline:
+    """`pipeline` with `spec.code.path` made absolute (it is relative to the manifest's directory);
+    raises ValueError naming the field when it is not a directory."""
+    code = pipeline.spec.code
+    if code.path is None:
+        return pipeline
+    path = (manifest_dir / code.path).resolve()
+    if not path.is_dir():
+        raise ValueError(
+            f"spec.code.path: {path} is not a directory; give the directory of your code, relative to "
+            "the manifest"
+        )
+    spec = pipeline.spec.model_copy(update={"code": code.model_copy(update={"path": str(path)})})
+    return pipeline.model_copy(update={"spec": spec})
 
 
 def load_pipeline(root: Path) -> TrainingPipeline:
@@ -70,7 +92,7 @@ class LocalRun:
         cls, pipeline: TrainingPipeline, root: Path, serve: bool = True, warm: bool = True
     ) -> LocalRun:
         spec = pipeline.spec if serve else pipeline.spec.model_copy(update={"serving": None})
-        pipeline = pipeline.model_copy(update={"spec": spec})
+        pipeline = resolve_code(pipeline.model_copy(update={"spec": spec}), Path.cwd())
         pipeline.metadata.generation = pipeline.metadata.generation or 1
         root = root.resolve()
         root.mkdir(parents=True, exist_ok=True)
@@ -83,6 +105,16 @@ class LocalRun:
     def spec(self) -> TrainingPipelineSpec:
         return self.pipeline.spec
 
+    def situate(self, actions: Sequence[Action]) -> list[Action]:
+        """The engine's actions with the workloads' pipeline name and code directory filled in."""
+        name, code = self.pipeline.metadata.name or "pipeline", self.spec.code.path
+        return [
+            StartWorkload(replace(a.workload, pipeline=name, code=code))
+            if isinstance(a, StartWorkload)
+            else a
+            for a in actions
+        ]
+
     def step(self, status: PipelineStatus) -> PipelineStatus:
         """One reconcile: observe, decide, persist, act."""
         observations = self.executor.observe(active_workloads(status), status.serving is not None)
@@ -91,7 +123,7 @@ class LocalRun:
         )
         if decision.status != status:
             save_status(self.root, decision.status)
-        carry_out(self.executor, decision.actions)
+        carry_out(self.executor, self.situate(decision.actions))
         return decision.status
 
     def run(

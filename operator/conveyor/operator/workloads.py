@@ -13,6 +13,14 @@ on a busy cluster (pytorch#73682, kubeflow pytorch-operator#125); torchrun itsel
 workers (`--max-restarts 0`) because one node restarting alone under static rendezvous hangs the others:
 the engine restarts the whole gang instead, and the trainer resumes from its checkpoint.
 
+User code sees the pipeline through the same contract (`conveyor.sdk.env`): the pipeline, workload,
+attempt, trial and its typed parameters (`CONVEYOR_PARAMS`, JSON), and where the user's code is (a
+directory locally, `CONVEYOR_CODE`; a packed archive in pods, `CONVEYOR_CODE_ARCHIVE`, which the trainer
+unpacks and puts on the path itself). A train workload whose config has `training.command` runs the
+trainer's `command` stage once per worker, not under torchrun: the stage starts torchrun itself around
+the user's program (it reads the same `PET_*` environment), with `{{params.x}}` already rendered here
+(`command_template`).
+
 The names `contract_env` writes are the names a manifest's `spec.env` may not set (`RESERVED_ENV`,
 enforced by `api.rules`), derived from it so the two cannot drift; `PYTHONUNBUFFERED` and
 `OMP_NUM_THREADS` are defaults the manifest may override.
@@ -28,17 +36,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from conveyor.operator import command_template
 from conveyor.operator.api.status import StageName
+from conveyor.sdk import env as sdk_env
 
 # EXIT_INVALID_INPUT, the trainer's exit status for an invalid config or dataset, is re-exported for the
 # executors: they report it as a permanent failure (reason InvalidInput) and the engine does not retry.
 from conveyor.trainer.config import EXIT_INVALID_INPUT as EXIT_INVALID_INPUT
 from conveyor.trainer.config import PVC_ROOT_ENV, ServingSpec
-from conveyor.trainer.progress import PROGRESS_TOKEN_FILE_ENV, PROGRESS_URL_ENV
+from conveyor.trainer.progress import PROGRESS_CA_FILE_ENV, PROGRESS_TOKEN_FILE_ENV, PROGRESS_URL_ENV
 
 Command = Literal["prepare", "train", "evaluate", "ensemble"]
 
-PERMANENT_REASONS = frozenset({"InvalidInput", "InvalidConfig", "DataError"})
+PERMANENT_REASONS = frozenset({"InvalidInput", "InvalidConfig", "DataError", "ObjectiveNotReported"})
 DEFAULT_MASTER_PORT = 29500
 RENDEZVOUS_TIMEOUT_SECONDS = 900
 TRAINER_MODULE = "conveyor.trainer"
@@ -68,10 +78,22 @@ class Workload:
     cpu: str = "1"
     memory: str = "2Gi"
     env: tuple[tuple[str, str], ...] = ()  # the user's extra environment (reserved names refused)
+    # Filled in by the executor, which knows them (the engine decides from the spec alone):
+    pipeline: str = ""  # the TrainingPipeline's name
+    code: str | None = None  # the user's code directory as the processes see it (local runs)
+    code_archive: str | None = None  # the packed code directory to unpack first (pods)
 
     @property
     def world_size(self) -> int:
         return self.workers * self.processes_per_worker if self.distributed else 1
+
+    @property
+    def user_command(self) -> list[str] | None:
+        """`training.command` of a train workload's config (the user's whole program), else None."""
+        if self.command != "train":
+            return None
+        command = ((self.config or {}).get("training") or {}).get("command")
+        return list(command) if command else None
 
     @property
     def key(self) -> str:
@@ -94,7 +116,11 @@ def trainer_argv(workload: Workload, root: str) -> list[str]:
     if workload.command == "prepare":
         return ["prepare", "--config", config_json(workload), "--out", out]
     if workload.command == "train":
-        return ["train", "--config", config_json(workload), "--data", data, "--out", out]
+        common = ["--config", config_json(workload), "--data", data, "--out", out]
+        program = workload.user_command
+        if program is not None:
+            return ["command", *common, "--", *command_template.render(program, workload.params)]
+        return ["train", *common]
     if workload.command == "evaluate":
         return ["evaluate", "--model", _under(root, workload.models[0]), "--data", data, "--out", out]
     members = [_under(root, m) for m in workload.models]
@@ -157,7 +183,18 @@ def contract_env(
     """What the contract owns in the environment of worker `node_rank`: the workload's identity and, when
     distributed, torchrun's rendezvous. In pods `node_rank` is a `$(VAR)` reference expanded by the
     kubelet (the Job completion index)."""
-    env = {"CONVEYOR_WORKLOAD": workload.name, "CONVEYOR_ATTEMPT": str(workload.attempt)}
+    env = {
+        sdk_env.PIPELINE: workload.pipeline,
+        sdk_env.WORKLOAD: workload.name,
+        sdk_env.ATTEMPT: str(workload.attempt),
+        sdk_env.PARAMS: json.dumps(dict(workload.params), separators=(",", ":"), sort_keys=True),
+    }
+    if workload.trial is not None:
+        env[sdk_env.TRIAL] = str(workload.trial)
+    if workload.code is not None:
+        env[sdk_env.CODE] = workload.code
+    if workload.code_archive is not None:
+        env[sdk_env.CODE_ARCHIVE] = workload.code_archive
     if not workload.distributed:
         return env
     nnodes, nproc = workload.workers, workload.processes_per_worker
@@ -189,15 +226,20 @@ def default_env(workload: Workload) -> dict[str, str]:
 
 # What torchrun itself sets in every training process it starts, whatever the worker's environment says.
 TORCHRUN_PROCESS_ENV = ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+# What the trainer process sets from its own arguments before it calls or starts user code.
+TRAINER_PROCESS_ENV = (sdk_env.CONFIG, sdk_env.OUT, sdk_env.DATA)
 # The names a manifest's `spec.env` may not set: what `contract_env` writes (a distributed workload's is
-# the superset), what torchrun sets per process, and the pvc:// mount root the Kubernetes executor sets
-# in pods that read a pvc:// data source, and the progress endpoint it gives every workload pod.
+# the superset), what torchrun and the trainer set per process, and the pvc:// mount root the
+# Kubernetes executor sets in pods that read a pvc:// data source, and the progress endpoint it gives
+# every workload pod.
 RESERVED_ENV: tuple[str, ...] = (
-    *contract_env(Workload("", "train", "train", "", distributed=True)),
+    *contract_env(Workload("", "train", "train", "", distributed=True, trial=0, code="", code_archive="")),
     *TORCHRUN_PROCESS_ENV,
+    *TRAINER_PROCESS_ENV,
     PVC_ROOT_ENV,
     PROGRESS_URL_ENV,
     PROGRESS_TOKEN_FILE_ENV,
+    PROGRESS_CA_FILE_ENV,
 )
 
 
@@ -258,8 +300,8 @@ def command_argv(
     python: str = "python",
 ) -> tuple[list[str], dict[str, str]]:
     """Command line and environment of worker `node_rank`: torchrun for distributed workloads, plain
-    python otherwise."""
+    python otherwise (and for the user's own program, whose `command` stage starts torchrun itself)."""
     env = worker_env(workload, master_addr, master_port, node_rank)
-    if workload.distributed:
+    if workload.distributed and workload.user_command is None:
         return torchrun_argv(workload, root, master_addr, master_port, node_rank, python), env
     return python_argv(workload, root, python), env

@@ -17,6 +17,10 @@ from types import ModuleType
 STAGES: dict[str, tuple[str, str]] = {
     "prepare": ("conveyor.trainer.data.prepare", "materialise the dataset split and statistics once"),
     "train": ("conveyor.trainer.train", "train a model (under torchrun for more than one process)"),
+    "command": (
+        "conveyor.trainer.user_loop",
+        "run spec.training.command under torchrun and record its result",
+    ),
     "evaluate": ("conveyor.trainer.evaluate", "evaluate a model directory on the test split"),
     "ensemble": ("conveyor.trainer.ensemble", "combine model directories into an ensemble"),
     "serve": ("conveyor.trainer.serve", "serve a model over the Open Inference Protocol v2"),
@@ -49,10 +53,12 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from conveyor.trainer.config import EXIT_INVALID_INPUT, ConfigError
     from conveyor.trainer.data import DataError
+    from conveyor.trainer.usercode import activate_code
 
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     try:
+        activate_code()
         return int(stage_module(args.stage).run(args))
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)

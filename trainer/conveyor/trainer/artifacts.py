@@ -7,6 +7,8 @@ written down here once and nowhere else::
     <root>/
       data/                      prepare: the fixed split, written once
         train.npz  validation.npz  test.npz     arrays `x` (float32) and `y` (int64 classes | float32)
+        (or, for sources larger than memory: train.parquet validation.parquet test.parquet, rows as
+        read plus the statistics to normalise them; see conveyor.trainer.data.streaming)
         metadata.json            DatasetMetadata: task, feature shape, classes, sizes, normalisation stats
       trials/<trial-id>/         one model directory per tuning trial
       model/                     the final training run
@@ -17,6 +19,7 @@ written down here once and nowhere else::
       model.json                 ModelCard: kind (single | ensemble), the TrainerConfig, DatasetMetadata,
                                  validation metrics, member list and weights for an ensemble
       weights.pt                 state_dict of the model (single models)
+      model.pt2                  the network as a torch.export program, dynamic batch (when exportable)
       progress.jsonl             one JSON event per epoch (see conveyor.trainer.progress)
       result.json                the final result (see conveyor.trainer.progress)
       checkpoints/               latest.pt (atomic; resume point), written every epoch
@@ -46,6 +49,7 @@ METADATA_FILE = "metadata.json"
 SPLITS = ("train", "validation", "test")
 CARD_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
+EXPORT_FILE = "model.pt2"
 PROGRESS_FILE = "progress.jsonl"
 RESULT_FILE = "result.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -89,6 +93,11 @@ class DatasetMetadata(BaseModel):
         default_factory=NormalizationStats,
         description="regression: train-split mean/std of the target. Models learn the standardised target "
         "and undo it in their output layer, so predictions are in target units.",
+    )
+    storage: Literal["npz", "parquet"] = Field(
+        default="npz",
+        description="npz: normalised arrays, loaded whole; parquet: a source larger than memory, streamed "
+        "and normalised a batch at a time (conveyor.trainer.data.streaming)",
     )
 
     @property

@@ -45,6 +45,12 @@ PVC_ROOT_ENV = "CONVEYOR_PVC_ROOT"
 DEFAULT_PVC_ROOT = "/mnt/pvc"
 # A Secret's name (DNS-1123 subdomain).
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# User code is named "package.module:function" (importable from spec.code or the image).
+ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def entrypoint_field(what: str) -> Any:
+    return Field(default=None, max_length=256, pattern=ENTRYPOINT_PATTERN, description=what)
 
 
 def split_pvc(uri: str) -> tuple[str, str]:
@@ -181,6 +187,25 @@ class DataSpec(Spec):
     image_size: int | None = Field(
         default=None, ge=4, le=512, description="Side that folder images are resized to (default: 32)."
     )
+    entrypoint: str | None = entrypoint_field(
+        'Your dataset: "package.module:function", called as function(split) for split train, validation '
+        "and test, returning a torch Dataset or IterableDataset of (features, target) pairs; replaces "
+        "source, target, split and preprocessing."
+    )
+    input_shape: list[int] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=8,
+        description="data.entrypoint: the shape of one sample's features (no batch dimension); "
+        "default: read from the first training sample.",
+    )
+    classes: list[str] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=100000,
+        description="data.entrypoint, classification: the class names, index = label; default: the "
+        "dataset's `classes` attribute, else the labels seen in the training split.",
+    )
     credentials_secret: str | None = Field(
         default=None,
         max_length=253,
@@ -213,6 +238,15 @@ class DataSpec(Spec):
 
 
 class ModelSpec(Spec):
+    entrypoint: str | None = entrypoint_field(
+        'Your model: "package.module:function", called as function(options, info) and returning a '
+        "torch.nn.Module trained by Conveyor's loop; info has task, input_shape, num_outputs and classes. "
+        "Replaces architecture and its sizes."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Free-form options passed to model.entrypoint (tunable as model.options.<key>).",
+    )
     architecture: Architecture = Field(default="mlp", description="mlp, cnn, resnet, lstm or transformer.")
     hidden_size: int = Field(default=256, ge=1, le=8192, description="Width of hidden layers / channels.")
     layers: int = Field(default=2, ge=1, le=64, description="Depth: hidden layers, blocks or encoder layers.")
@@ -224,7 +258,9 @@ class ModelSpec(Spec):
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelSpec:
-        if self.architecture == "transformer" and self.hidden_size % self.heads:
+        if self.options and self.entrypoint is None:
+            raise ValueError("options are passed only to model.entrypoint; set entrypoint or drop options")
+        if self.entrypoint is None and self.architecture == "transformer" and self.hidden_size % self.heads:
             raise ValueError(
                 f"hiddenSize ({self.hidden_size}) must be divisible by heads ({self.heads}) for a transformer"
             )
@@ -262,6 +298,40 @@ class TrainingSpec(Spec):
     gradient_clipping: float | None = Field(default=None, gt=0.0, description="Max gradient norm.")
     compile: bool = Field(default=False, description="torch.compile the model.")
     seed: int = Field(default=0)
+    entrypoint: str | None = entrypoint_field(
+        'Your training loop: "package.module:function", run on every rank under torchrun (process group '
+        "initialised when distributed) and called as function(config) with the trial's configuration in "
+        "manifest form; it reports through conveyor.sdk."
+    )
+    command: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Your program, run under torchrun as a whole on every worker (e.g. [python, train.py, "
+        '--lr, "{{params.optimizer.learningRate}}"]): {{params.<dotted name>}} is replaced, shell-quoted, '
+        "by the trial's value; it reports through conveyor.sdk.",
+    )
+    max_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="training.entrypoint or command: the steps a run trains at most, as its reports count "
+        "them; the pruners' maximum resource and the progress bar's end.",
+    )
+
+    @model_validator(mode="after")
+    def _one_loop(self) -> TrainingSpec:
+        if self.entrypoint is not None and self.command is not None:
+            raise ValueError(
+                "give training.entrypoint (a function) or training.command (a program), not both"
+            )
+        if self.command is not None and not all(part.strip() for part in self.command):
+            raise ValueError("training.command has an empty argument; remove it")
+        return self
+
+    @property
+    def user_loop(self) -> bool:
+        """The training loop is the user's (entrypoint or command), not Conveyor's."""
+        return self.entrypoint is not None or self.command is not None
 
 
 # --- evaluation, ensemble, serving ------------------------------------------------------------

@@ -122,7 +122,12 @@ def build(
         )
     config = cards[0].config
     metric = metric or config.task.metric
-    x_val, y_val = load_split(data_dir, "validation")
+    if config.data.entrypoint:  # the user's dataset: no prepared split, its own validation split
+        from conveyor.trainer.data.datasets import load_whole
+
+        x_val, y_val = load_whole(config, "validation")
+    else:
+        x_val, y_val = load_split(data_dir, "validation")
     weights: list[float] = []
     if method == "weightedAverage":
         scores = []

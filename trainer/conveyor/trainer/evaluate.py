@@ -24,12 +24,15 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from conveyor.trainer import artifacts, metrics, progress
-from conveyor.trainer.config import GateSpec, gate_message, goal_for
+from conveyor.trainer.config import GateSpec, TrainerConfig, gate_message, goal_for
+
+if TYPE_CHECKING:
+    from conveyor.trainer.predictor import Predictor
 
 CONFUSION_PNG = "confusion_matrix.png"
 ROC_PNG = "roc.png"
@@ -73,11 +76,45 @@ def run(args: argparse.Namespace) -> int:
 
 
 def load_split(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    path = data_dir / f"{split}.npz"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; run prepare first (or check --data)")
-    with np.load(path) as arrays:
-        return arrays["x"], arrays["y"]
+    """A prepared split whole (a streamed one too; `split_predictions` reads those a batch at a time)."""
+    from conveyor.trainer.data.prepare import load_split as load_prepared
+
+    if not any((data_dir / f"{split}.{suffix}").exists() for suffix in ("npz", "parquet")):
+        raise FileNotFoundError(f"{data_dir / split}.npz does not exist; run prepare first (or check --data)")
+    return load_prepared(data_dir, split)
+
+
+def split_predictions(
+    predictor: Predictor, meta: artifacts.DatasetMetadata, data_dir: Path, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(outputs, labels) on a prepared split; a streamed one (`storage: parquet`) is predicted a batch at
+    a time, so only the outputs and labels are ever held whole."""
+    if meta.storage != "parquet":
+        x, y = load_split(data_dir, split)
+        return predictor.predict(x), y
+    from conveyor.trainer.data import streaming
+
+    outputs, labels = [], []
+    for x, y in streaming.iter_batches(data_dir, split, meta):
+        outputs.append(predictor.predict(x))
+        labels.append(y)
+    return np.concatenate(outputs), np.concatenate(labels)
+
+
+def dataset_predictions(
+    config: TrainerConfig, predictor: Predictor, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(outputs, targets) on `data.entrypoint(split)`, predicted a batch at a time (inputs never whole)."""
+    from conveyor.trainer.data import datasets
+
+    loader = datasets.batches(datasets.load(config, split), config.task.type, datasets.VALIDATION_BATCH)
+    outputs, targets = [], []
+    for xb, yb in loader:
+        outputs.append(predictor.predict(xb.numpy()))
+        targets.append(yb.numpy())
+    if not targets:
+        raise ValueError(f"data.entrypoint: the {split} split is empty; it must yield (features, target)")
+    return np.concatenate(outputs), np.concatenate(targets)
 
 
 def gate_outcome(gate: GateSpec | None, values: dict[str, float]) -> dict[str, Any] | None:
@@ -112,12 +149,16 @@ def evaluate(
             f"(shape {meta.feature_shape}, classes {meta.classes})"
         )
     predictor = load_predictor(model_dir, device=resolve_device(device))
-    x, y = load_split(data_dir, split)
-    output = predictor.predict(x)
+    if card.config.data.entrypoint:
+        output, y = dataset_predictions(card.config, predictor, split)
+    else:
+        output, y = split_predictions(predictor, meta, data_dir, split)
     task = meta.task
     values = metrics.compute_metrics(task, y, output, meta.num_classes or None)
-    values["loss"] = values["logLoss"] if task == "classification" and "logLoss" in values else values.get(
-        "mse", float("nan")
+    values["loss"] = (
+        values["logLoss"]
+        if task == "classification" and "logLoss" in values
+        else values.get("mse", float("nan"))
     )
     out.mkdir(parents=True, exist_ok=True)
     drawn: dict[str, str] = {}

@@ -1,7 +1,8 @@
 """The model zoo: small, configurable networks sized from the prepared dataset.
 
 `build_model(spec, meta)` is the one entry point that training, evaluation, ensembling and serving
-share, so a model directory (config + metadata + weights) always rebuilds the very same network.
+share, so a model directory (config + metadata + weights) always rebuilds the very same network — a
+user's network too (`model.entrypoint`, called as `function(options, info)`).
 Every model takes a float tensor shaped `[batch, *meta.feature_shape]` and returns logits
 `[batch, classes]` (classification) or `[batch, 1]` (regression).
 
@@ -30,16 +31,21 @@ import torch
 from torch import nn
 
 from conveyor.trainer.artifacts import DatasetMetadata
-from conveyor.trainer.config import ModelSpec
+from conveyor.trainer.config import ConfigError, ModelSpec
 
 
 def build_model(spec: ModelSpec, meta: DatasetMetadata) -> nn.Module:
-    """The network `spec` describes, with input and output sized from the dataset metadata.
+    """The network `spec` describes, with input and output sized from the dataset metadata: the zoo's,
+    or the one `spec.entrypoint` returns (`user_model`).
 
     Regression networks learn the standardised target and undo the standardisation in a fixed output
-    layer (`TargetScale`), so every caller gets predictions in target units.
+    layer (`TargetScale`), so every caller gets predictions in target units. A user's network is
+    wrapped the same way: it learns the standardised target as a zoo network does (the loss is the MSE
+    of the standardised target either way), and training, evaluation and serving, which all build the
+    model here, agree. Data from `data.entrypoint` is not standardised (its metadata says `none`), so
+    there the network predicts target units directly.
     """
-    net = build_network(spec, meta)
+    net = user_model(spec, meta) if spec.entrypoint else build_network(spec, meta)
     stats = meta.target_normalization
     if meta.task == "regression" and stats.method != "none" and stats.shift:
         return TargetScale(net, stats.shift[0], stats.scale[0])
@@ -63,6 +69,28 @@ def build_network(spec: ModelSpec, meta: DatasetMetadata) -> nn.Module:
     if spec.architecture == "transformer":
         return Transformer(shape, spec.hidden_size, spec.layers, spec.heads, spec.dropout, spec.pooling, out)
     raise ValueError(f"unknown architecture {spec.architecture!r}; use mlp, cnn, resnet, lstm or transformer")
+
+
+def user_model(spec: ModelSpec, meta: DatasetMetadata) -> nn.Module:
+    """`spec.entrypoint(options, info)`: the user's network for this data (`model.entrypoint`)."""
+    from conveyor.sdk.info import ModelInfo
+    from conveyor.trainer import usercode
+
+    assert spec.entrypoint is not None
+    function = usercode.entrypoint(spec.entrypoint, "model.entrypoint", ("options", "info"))
+    info = ModelInfo(
+        task=meta.task,
+        input_shape=tuple(meta.feature_shape),
+        num_outputs=meta.output_size,
+        classes=tuple(meta.classes) if meta.task == "classification" else None,
+    )
+    model = function(dict(spec.options), info)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model.entrypoint: {spec.entrypoint} returned {type(model).__name__}, not a torch.nn.Module; "
+            "return the network (an nn.Module) it builds"
+        )
+    return model
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -16,8 +16,12 @@ loads. Members may themselves be ensembles. Combination rules:
   returned "probabilities" are the vote shares, plus 1e-3 x the mean member probability so that ties
   go to the class the members were jointly most confident in (too small to outvote any member).
 
-Inference runs whole batches under `torch.inference_mode` (large inputs in chunks of `CHUNK` rows);
-`quantization="int8"` applies dynamic int8 quantization to Linear and LSTM layers (CPU only).
+A single model is rebuilt with `build_model` and `weights.pt` whenever its code is here (a built-in
+architecture, or an importable `model.entrypoint`): the eager module is faster per call, and
+`quantization="int8"` (dynamic int8 quantization of Linear and LSTM layers, CPU only) needs it. A model
+no code here can rebuild (one the user's own loop built) runs its exported program (`model.pt2`, see
+`conveyor.trainer.export`), so it still evaluates, ensembles and serves. Inference runs whole batches
+under `torch.inference_mode` (large inputs in chunks of `CHUNK` rows).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from conveyor.trainer.artifacts import WEIGHTS_FILE, DatasetMetadata, ModelCard, read_card
+from conveyor.trainer.artifacts import EXPORT_FILE, WEIGHTS_FILE, DatasetMetadata, ModelCard, read_card
 from conveyor.trainer.config import Quantization
 
 CHUNK = 8192
@@ -100,11 +104,11 @@ class Predictor(ABC):
 
 
 class ModelPredictor(Predictor):
-    """One trained network."""
+    """One trained network: an eval-mode module, or an exported program's module (always in eval)."""
 
     def __init__(self, card: ModelCard, module: nn.Module, device: torch.device) -> None:
         super().__init__(card)
-        self.module = module.eval()
+        self.module = module
         self.device = device
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
@@ -245,6 +249,44 @@ def load_predictor(
             load_predictor(resolve_member(model_dir, member), quantization, target) for member in card.members
         ]
         return EnsemblePredictor(card, members)
+    return ModelPredictor(card, load_module(model_dir, card, quantization, target), target)
+
+
+def load_module(
+    model_dir: Path, card: ModelCard, quantization: Quantization, device: torch.device
+) -> nn.Module:
+    """The network rebuilt from code when it can be (faster per call: see benchmarks/RESULTS.md, and
+    int8 needs it); else the exported program."""
+    exported = (model_dir / EXPORT_FILE).is_file()
+    if (model_dir / WEIGHTS_FILE).is_file() and code_available(card):
+        try:
+            return rebuild(model_dir, card, quantization, device)
+        except RuntimeError:  # the weights are not this network's (a user's own loop built another)
+            if not exported or quantization != "none":
+                raise
+    if exported and quantization == "none":
+        from conveyor.trainer.export import load_exported
+
+        # `Predictor.shaped` checks every input's shape already; torch.export's own checks cost ~60 us a call.
+        return load_exported(model_dir, device, check_inputs=False)
+    if exported:
+        raise ValueError(
+            f"{model_dir} can be loaded only from its exported program ({EXPORT_FILE}), and int8 "
+            f"quantization rebuilds the network from its code and {WEIGHTS_FILE}; serve it with "
+            "quantization none (--quantization none, spec.serving.quantization: none)"
+        )
+    if (model_dir / WEIGHTS_FILE).is_file():
+        raise ValueError(
+            f"{model_dir} has no exported program ({EXPORT_FILE}) and its network cannot be rebuilt "
+            "here: make spec.model.entrypoint importable (spec.code) or save the model with "
+            "conveyor.sdk.save_model"
+        )
+    raise FileNotFoundError(
+        f"{model_dir} holds neither {EXPORT_FILE} nor {WEIGHTS_FILE}: not a trained model directory"
+    )
+
+
+def rebuild(model_dir: Path, card: ModelCard, quantization: Quantization, device: torch.device) -> nn.Module:
     from conveyor.trainer.models import build_model
 
     module = build_model(card.config.model, card.dataset)
@@ -252,4 +294,20 @@ def load_predictor(
     module.eval()
     if quantization == "int8":
         module = quantize(module)
-    return ModelPredictor(card, module.to(target), target)
+    return module.to(device)
+
+
+def code_available(card: ModelCard) -> bool:
+    """Whether `build_model` can rebuild this model here: a built-in architecture (unless the user's own
+    loop built the network itself), or a model.entrypoint that imports."""
+    model, training = card.config.model, card.config.training
+    if model.entrypoint is None:
+        return not training.user_loop
+    from conveyor.trainer.config import ConfigError
+    from conveyor.trainer.usercode import load_entrypoint
+
+    try:
+        load_entrypoint(model.entrypoint, "model.entrypoint")
+    except ConfigError:
+        return False
+    return True

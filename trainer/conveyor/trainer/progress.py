@@ -31,6 +31,9 @@ from conveyor.trainer.artifacts import PROGRESS_FILE, RESULT_FILE, write_json_at
 # Kubernetes executor; absent locally, where progress.jsonl is read instead).
 PROGRESS_URL_ENV = "CONVEYOR_PROGRESS_URL"
 PROGRESS_TOKEN_FILE_ENV = "CONVEYOR_PROGRESS_TOKEN_FILE"
+# The CA file the endpoint's certificate must verify against (set with an https URL); with one set,
+# nothing is sent unless over verified https.
+PROGRESS_CA_FILE_ENV = "CONVEYOR_PROGRESS_CA_FILE"
 
 TERMINATION_LOG = Path(os.environ.get("CONVEYOR_TERMINATION_LOG", "/dev/termination-log"))
 TERMINATION_LIMIT = 4096
@@ -70,15 +73,22 @@ def emit(model_dir: Path, event: dict[str, Any]) -> None:
 
 def push(line: str, timeout: float = 1.0) -> bool:
     """POST one epoch event to the operator's progress endpoint (`CONVEYOR_PROGRESS_URL`) with the
-    pod's projected token (audience conveyor.dev). Best effort: a short timeout, every error ignored,
-    so training never waits on or fails because of the operator; results travel durably elsewhere."""
+    pod's projected token (audience conveyor.dev), over https verified against the CA in
+    `CONVEYOR_PROGRESS_CA_FILE` alone when that is set (a plain http URL then sends nothing). Best
+    effort: a short timeout, every error ignored (a certificate that does not verify included), so
+    training never waits on or fails because of the operator; results travel durably elsewhere."""
     url = os.environ.get(PROGRESS_URL_ENV)
     token_file = os.environ.get(PROGRESS_TOKEN_FILE_ENV)
+    ca_file = os.environ.get(PROGRESS_CA_FILE_ENV)
     if not url or not token_file or os.environ.get("RANK", "0") != "0":
         return False
+    if ca_file and not url.startswith("https://"):
+        return False  # a CA is configured: never send the token in the clear
+    import ssl
     import urllib.request
 
     try:
+        context = ssl.create_default_context(cafile=ca_file) if ca_file else None
         token = Path(token_file).read_text().strip()  # re-read: the kubelet rotates projected tokens
         request = urllib.request.Request(
             url.rstrip("/") + "/v1/progress",
@@ -86,7 +96,7 @@ def push(line: str, timeout: float = 1.0) -> bool:
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
             method="POST",
         )
-        with urllib.request.urlopen(request, timeout=timeout) as reply:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as reply:
             return bool(200 <= reply.status < 300)
     except Exception:  # progress is best effort by design
         return False

@@ -27,9 +27,12 @@ The backend is NCCL when the process has a GPU and gloo otherwise. Every rank ho
 train split in memory (on the GPU when there is one) and each epoch takes a disjoint shard of a seeded
 permutation, sliced into batches — no per-sample collation. Datasets from image folders, or larger than
 `CONVEYOR_IN_MEMORY_BYTES` (default 2 GiB), go through a DataLoader with workers and pinned memory
-(`CONVEYOR_DATA_PATH=memory|loader` forces one). Rank 0 validates on the whole validation split after
-every epoch and broadcasts the early-stopping decision, so all ranks stop together. What a checkpoint
-holds is `conveyor.trainer.training_state.TrainingState`. At the end rank 0 writes the best epoch's
+(`CONVEYOR_DATA_PATH=memory|loader` forces one); sources prepared as Parquet, larger than memory,
+stream from disk instead (`conveyor.trainer.data.streaming`). The user's own dataset (`data.entrypoint`)
+goes through a DataLoader sharded across ranks (`conveyor.trainer.data.datasets`), and the user's own
+model (`model.entrypoint`) is built by `build_model` like the zoo's. Rank 0 validates on the whole validation
+split after every epoch and broadcasts the early-stopping decision, so all ranks stop together. What a
+checkpoint holds is `conveyor.trainer.training_state.TrainingState`. At the end rank 0 writes the best epoch's
 weights, `model.json` and `result.json` (layout in `conveyor.trainer.artifacts`).
 """
 
@@ -42,7 +45,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -61,16 +64,23 @@ from conveyor.trainer.artifacts import (
     write_card,
 )
 from conveyor.trainer.config import OptimizerSpec, ScheduleSpec, TrainerConfig
-from conveyor.trainer.data import DataError
+from conveyor.trainer.data import DataError, datasets
+from conveyor.trainer.data.datasets import DatasetBatches
 from conveyor.trainer.data.prepare import load_split
+from conveyor.trainer.export import export_model
 from conveyor.trainer.models import build_model
 from conveyor.trainer.training_state import EarlyStopping, TrainingState, run_fingerprint
-from conveyor.trainer.validation import validate
+from conveyor.trainer.validation import output_metrics, validate
+
+if TYPE_CHECKING:  # imported when used: it loads pyarrow, which in-memory runs never need
+    from conveyor.trainer.data.streaming import StreamingBatches
 
 SMALL_MODEL_PARAMETERS = 2_000_000
 IN_MEMORY_BYTES = int(os.environ.get("CONVEYOR_IN_MEMORY_BYTES", str(2 << 30)))
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Rank 0's validation after each epoch: (model, loss, autocast) -> the metrics of the whole split.
+Validation = Callable[[nn.Module, LossFn, Callable[[], Any]], dict[str, float]]
 
 
 def train(config: TrainerConfig, data_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -90,7 +100,7 @@ def _train(
     torch.manual_seed(training.seed + ctx.rank)
     np.random.seed(training.seed + ctx.rank)
     meta = read_metadata(data_dir)
-    batches, val_x, val_y = load_data(config, meta, data_dir, ctx)
+    batches, validation = load_data(config, meta, data_dir, ctx)
     model = build_model(config.model, meta).to(ctx.device)
     set_cpu_threads(model, ctx)
     forward = parallelize(model, training.compile, ctx)
@@ -112,7 +122,7 @@ def _train(
         samples_per_second = batches.samples_per_epoch * ctx.world_size / (time.perf_counter() - epoch_start)
         stop = None  # rank 0 validates the whole split and decides; every rank follows its decision
         if ctx.is_main:
-            metrics = validate(model, meta, val_x, val_y, loss_fn, autocast, training.batch_size)
+            metrics = validation(model, loss_fn, autocast)
             metrics.update(trainLoss=train_loss, learningRate=state.optimizer.param_groups[0]["lr"])
             stop = state.record(epoch, metrics, task.metric)
             event = progress.epoch_event(epoch, training.epochs, metrics, samples_per_second, state.elapsed())
@@ -162,8 +172,25 @@ def train_epoch(
 
 def load_data(
     config: TrainerConfig, meta: DatasetMetadata, data_dir: Path, ctx: distributed.Context
-) -> tuple[InMemoryBatches | LoaderBatches, torch.Tensor, torch.Tensor]:
-    """This rank's training batches, and the whole validation split on the device."""
+) -> tuple[InMemoryBatches | LoaderBatches | DatasetBatches | StreamingBatches, Validation]:
+    """This rank's training batches, and how rank 0 validates: on the prepared validation split held on
+    the device, or, for the user's dataset (`data.entrypoint`), on its validation split read a batch at
+    a time (`conveyor.trainer.data.datasets`)."""
+    if config.data.entrypoint:
+        train_set = datasets.load(config, "train")
+        augment = make_augmentation(config, meta)
+        outputs = datasets.validation_outputs(config, ctx)
+
+        def validate_dataset(
+            model: nn.Module, loss_fn: LossFn, autocast: Callable[[], Any]
+        ) -> dict[str, float]:
+            return output_metrics(meta, *outputs(model, autocast), loss_fn)
+
+        return DatasetBatches(train_set, config, ctx, augment), validate_dataset
+    if meta.storage == "parquet":  # a source larger than memory, streamed a batch at a time
+        from conveyor.trainer.data import streaming
+
+        return streaming.load_streamed(config, meta, data_dir, ctx, make_augmentation(config, meta))
     x_train, y_train = load_split(data_dir, "train")
     x_val, y_val = load_split(data_dir, "validation")
     if x_train.shape[0] < ctx.world_size:
@@ -171,7 +198,12 @@ def load_data(
             f"the train split has {x_train.shape[0]} rows, fewer than the {ctx.world_size} processes"
         )
     batches = make_batches(config, meta, x_train, y_train, ctx)
-    return batches, torch.from_numpy(x_val).to(ctx.device), torch.from_numpy(y_val).to(ctx.device)
+    x, y = torch.from_numpy(x_val).to(ctx.device), torch.from_numpy(y_val).to(ctx.device)
+
+    def validate_split(model: nn.Module, loss_fn: LossFn, autocast: Callable[[], Any]) -> dict[str, float]:
+        return validate(model, meta, x, y, loss_fn, autocast, config.training.batch_size)
+
+    return batches, validate_split
 
 
 def parallelize(model: nn.Module, compiled: bool, ctx: distributed.Context) -> nn.Module:
@@ -237,9 +269,12 @@ def final_result(state: TrainingState, metric: str) -> dict[str, Any]:
 def write_artifacts(
     out_dir: Path, config: TrainerConfig, meta: DatasetMetadata, state: TrainingState, result: dict[str, Any]
 ) -> None:
-    """The best epoch's weights (the last epoch's if no epoch had a metric), the card and the result."""
+    """The best epoch's weights (the last epoch's if no epoch had a metric), the same network as an
+    exported program when it exports (`conveyor.trainer.export`), the card and the result."""
     weights = state.best_weights if state.best_weights is not None else state.model.state_dict()
     torch.save(weights, out_dir / WEIGHTS_FILE)
+    state.model.load_state_dict(weights)
+    export_model(state.model, torch.zeros(2, *meta.feature_shape, device=state.ctx.device), out_dir)
     write_card(out_dir, ModelCard(name=out_dir.name, config=config, dataset=meta, metrics=state.best_metrics))
     progress.write_result(out_dir, result)
 
@@ -466,6 +501,12 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         if not (args.data / "metadata.json").is_file():
             raise DataError(f"{args.data} holds no prepared dataset; run `prepare --out {args.data}` first")
+        if config.training.command is not None:
+            raise ConfigError("training.command is run by the `command` stage, not `train`")
+        if config.training.entrypoint is not None:  # L2: the user's loop instead of this one
+            from conveyor.trainer.user_loop import run_entrypoint
+
+            return run_entrypoint(config, args.data, args.out)
         train(config, args.data, args.out)
     except ConfigError as error:
         report_failure(args.out, "InvalidConfig", str(error))

@@ -42,6 +42,16 @@ def validate(
     with autocast():
         outputs = torch.cat([model(x[i : i + chunk]).float() for i in range(0, x.shape[0], chunk)])
     model.train(was_training)
+    return output_metrics(meta, outputs, y, loss_fn)
+
+
+def output_metrics(
+    meta: DatasetMetadata,
+    outputs: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> dict[str, float]:
+    """`validate`'s metrics from the model's float outputs on the whole split (however gathered)."""
     if meta.task == "classification":
         loss = F.cross_entropy(outputs, y)
         proba = torch.softmax(outputs, dim=1).cpu().numpy()

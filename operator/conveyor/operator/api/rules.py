@@ -21,6 +21,7 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel, JsonValue
 from pydantic_core import PydanticCustomError
 
+from conveyor.operator import command_template
 from conveyor.operator.workloads import RESERVED_ENV
 from conveyor.trainer.config import (
     CLASSIFICATION_METRICS,
@@ -73,8 +74,16 @@ def tunable_names(integers_only: bool = False) -> tuple[str, ...]:
     return tuple(names)
 
 
-TUNABLE = tunable_names()
-TUNABLE_INTEGERS = tunable_names(integers_only=True)
+# Fields that name code or a program, not a value to search: a trial cannot swap them. `model.options`
+# is free-form, so its keys are tunable one by one as `model.options.<key>` (OPTIONS_PATTERN).
+UNTUNABLE = ("model.entrypoint", "model.options", "training.entrypoint", "training.command")
+OPTIONS_PATTERN = "^model[.]options[.][A-Za-z0-9_-]+$"
+TUNABLE = tuple(n for n in tunable_names() if n not in UNTUNABLE)
+TUNABLE_INTEGERS = tuple(n for n in tunable_names(integers_only=True) if n not in UNTUNABLE)
+
+
+def is_tunable(name: str) -> bool:
+    return name in TUNABLE or re.match(OPTIONS_PATTERN, name) is not None
 
 
 @dataclass(frozen=True)
@@ -133,10 +142,11 @@ def _task_metrics(spec: Any) -> tuple[str, ...]:
 PARAMETER_RULES = (
     Rule(
         "name",
-        f"self.name in {_cel_list(TUNABLE)}",
+        f"self.name in {_cel_list(TUNABLE)} || self.name.matches('{OPTIONS_PATTERN}')",
         "must be a dotted field of model, optimizer, training, data.preprocessing or data.augmentation "
-        "as written in the manifest, e.g. optimizer.learningRate, training.batchSize, model.dropout",
-        lambda p: p.name in TUNABLE,
+        "as written in the manifest, e.g. optimizer.learningRate, training.batchSize, model.dropout, or "
+        "model.options.<key> for model.entrypoint (entrypoints and training.command are not tunable)",
+        lambda p: is_tunable(p.name),
     ),
     Rule(
         "max",
@@ -229,7 +239,7 @@ STORAGE_RULES = (
     ),
 )
 
-SPEC_RULES = (
+SPEC_RULES: tuple[Rule, ...] = (
     Rule(
         "task.objective.metric",
         f"!has(self.task.objective.metric) || self.task.objective.metric in {_TASK_METRICS_CEL}",
@@ -267,6 +277,86 @@ SPEC_RULES = (
         lambda s: s.ensemble is None or s.ensemble.method != "hardVoting" or s.task.type == "classification",
     ),
 )
+
+_USER_LOOP_CEL = "has(self.training) && (has(self.training.entrypoint) || has(self.training.command))"
+
+
+def _unknown_placeholders(spec: Any) -> bool:
+    """training.command refers only to tuning parameters, and every `{{...}}` in it is such a reference."""
+    command = spec.training.command or []
+    names = {p.name for p in spec.tuning.parameters} if spec.tuning is not None else set()
+    return bool(command_template.malformed(command)) or any(
+        n not in names for n in command_template.references(command)
+    )
+
+
+_USER_CODE = (
+    Rule(
+        "tuning.pruner",
+        "!has(self.tuning) || !has(self.tuning.pruner) || self.tuning.pruner == 'none'"
+        f" || !({_USER_LOOP_CEL}) || has(self.training.maxSteps)",
+        "a pruner on training.entrypoint or training.command needs training.maxSteps (the steps your "
+        "reports count at most: the pruners' maximum resource); set it or use pruner: none",
+        lambda s: (
+            s.tuning is None
+            or s.tuning.pruner == "none"
+            or not s.training.user_loop
+            or s.training.max_steps is not None
+        ),
+    ),
+    Rule(
+        "tuning.warmupSteps",
+        f"!has(self.tuning) || !has(self.tuning.warmupSteps) || ({_USER_LOOP_CEL})",
+        "counts the steps a user loop reports: only with training.entrypoint or training.command "
+        "(Conveyor's own loop warms up in epochs: tuning.warmupEpochs)",
+        lambda s: s.tuning is None or s.tuning.warmup_steps is None or s.training.user_loop,
+    ),
+    Rule(
+        "tuning.warmupSteps",
+        "!has(self.tuning) || !has(self.tuning.warmupSteps) || !has(self.training)"
+        " || !has(self.training.maxSteps) || self.tuning.warmupSteps < self.training.maxSteps",
+        "must be < training.maxSteps (the steps every trial runs before a pruner may stop it)",
+        lambda s: (
+            s.tuning is None
+            or s.tuning.warmup_steps is None
+            or s.training.max_steps is None
+            or s.tuning.warmup_steps < s.training.max_steps
+        ),
+    ),
+    Rule(
+        "training.command",
+        # No CEL: finding every {{...}} in every argument needs a regex search the test interpreter
+        # lacks; the operator's first step refuses it (InvalidSpec) before any pod.
+        "",
+        "every {{params.NAME}} must name a tuning parameter (spec.tuning.parameters[].name, e.g. "
+        "{{params.optimizer.learningRate}}); add the parameter to spec.tuning or write the value",
+        lambda s: not _unknown_placeholders(s),
+    ),
+    Rule(
+        "code.configMap",
+        "!has(self.code) || !has(self.code.path) || !has(self.code.configMap)",
+        "give code.path (a directory, packed by `conveyor apply`) or code.configMap (already packed), "
+        "not both",
+        lambda s: s.code.path is None or s.code.config_map is None,
+    ),
+)
+
+SPEC_RULES = (*SPEC_RULES, *_USER_CODE)
+
+# What only the operator refuses: manifests `conveyor run` and `conveyor validate` accept, but a cluster
+# cannot run. Reported as the pipeline's InvalidSpec before any pod (field path, message).
+CODE_PATH_ON_CLUSTER = (
+    "spec.code.path",
+    "is a directory on your machine, which the operator cannot read; apply the pipeline with "
+    "`conveyor apply -f` (it packs the directory into a ConfigMap and sets code.configMap) or set "
+    "code.configMap or code.image yourself",
+)
+
+
+def cluster_problems(spec: Any) -> list[tuple[str, str]]:
+    """(field path, message) of what a spec asks that only a local run can do."""
+    return [CODE_PATH_ON_CLUSTER] if spec.code.path is not None else []
+
 
 NAME_PATTERN = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
 MAX_NAME = 40

@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from conveyor.operator.api import MAX_TRIALS, rules
 from conveyor.trainer.config import (
+    SECRET_NAME_PATTERN,
     DataSpec,
     EnsembleSpec,
     EvaluationSpec,
@@ -142,6 +143,19 @@ class TuningSpec(Spec):
     seed: int = Field(
         default=0, ge=0, le=2**31 - 1, description="Seed of the sampler; same seed, same trials."
     )
+    warmup_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="training.entrypoint or command: steps (as reports count them) every trial runs before "
+        "a pruner may stop it; default: a tenth of training.maxSteps.",
+    )
+    stop_grace_period_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description="A pruned trial is told to stop (conveyor.sdk.report returns False); its workers still "
+        "running this long after are stopped.",
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> TuningSpec:
@@ -166,6 +180,30 @@ class StorageSpec(Spec):
         return rules.enforce(self, rules.STORAGE_RULES)
 
 
+class CodeSpec(Spec):
+    """Where the user's code (model, data, training entrypoints or command) comes from."""
+
+    path: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="A directory relative to the manifest: `conveyor run` puts it on sys.path; "
+        "`conveyor apply` packs it into the ConfigMap <name>-code and sets configMap.",
+    )
+    config_map: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=SECRET_NAME_PATTERN,
+        description="A ConfigMap holding a packed code directory (made by `conveyor apply`), mounted "
+        "read-only in every workload pod and put on sys.path.",
+    )
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        description="The image every pod of the pipeline runs (default: "
+        "the operator's trainer image); it must hold Conveyor's trainer (pip install conveyor[trainer]).",
+    )
+
+
 class EnvVar(Spec):
     model_config = ConfigDict(json_schema_extra=rules.schema_extra(rules.ENV_RULES))
 
@@ -180,9 +218,6 @@ class EnvVar(Spec):
 class SchedulingSpec(Spec):
     """Passed through unchanged to every pod the pipeline creates (ignored by `conveyor run`)."""
 
-    image: str | None = Field(
-        default=None, max_length=512, description="Trainer image; default: the operator's."
-    )
     image_pull_policy: PullPolicy | None = Field(default=None, description="Always, IfNotPresent or Never.")
     node_selector: dict[str, str] | None = Field(default=None, description="Pod nodeSelector.")
     tolerations: list[dict[str, Any]] | None = Field(
@@ -229,6 +264,9 @@ class TrainingPipelineSpec(Spec):
     tuning: TuningSpec | None = Field(default=None, description="Hyperparameter study; omit to train once.")
     ensemble: EnsembleSpec | None = Field(default=None, description="Combine the best trials (needs tuning).")
     serving: ServingSpec | None = Field(default=None, description="Serve the result when the gate passed.")
+    code: CodeSpec = Field(
+        default_factory=CodeSpec, description="Your code: a directory, a ConfigMap, an image."
+    )
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Where artifacts live.")
     scheduling: SchedulingSpec = Field(
         default_factory=SchedulingSpec, description="Pod placement pass-through."

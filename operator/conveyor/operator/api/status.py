@@ -5,11 +5,12 @@ printer columns, and `conditions` (type, status, reason, message, lastTransition
 observedGeneration) that tools wait on: one per stage (Prepared, Tuned, Trained, Evaluated, GatePassed,
 Ensembled, Serving) plus Ready, Succeeded, Failed and Suspended.
 
-State lives here and nowhere else: trials with their parameters, state, per-epoch objective values and
-final value (plus the few Optuna attributes that samplers and pruners keep per trial), and every
-workload with its attempt. The engine rebuilds its Optuna study from this alone, so an operator
-restarted at any moment neither repeats nor loses a trial. Kept compact for 500 trials: a trial is its
-number, parameters, a list of per-epoch values and a handful of scalars (about 0.5 KiB).
+State lives here and nowhere else: trials with their parameters, state, per-epoch objective values
+(a user loop's per-report values, with the step of each) and final value (plus the few Optuna
+attributes that samplers and pruners keep per trial), and every workload with its attempt. The
+engine rebuilds its Optuna study from this alone, so an operator restarted at any moment neither
+repeats nor loses a trial. Kept compact for 500 trials: a trial is its number, parameters, a list of
+per-epoch values and a handful of scalars (about 0.5 KiB).
 """
 
 from __future__ import annotations
@@ -105,12 +106,22 @@ class TrialStatus(Status):
     values: list[float | None] = Field(
         default_factory=list, description="Objective on the validation split per epoch (index 0 = epoch 1)."
     )
+    steps: list[int | None] | None = Field(
+        default=None,
+        description="training.entrypoint or command: the step each value was reported at "
+        "(index i = values[i]); what pruners count for a user loop.",
+    )
     value: float | None = Field(default=None, description="Final objective value (best epoch).")
     start_time: str | None = None
-    completion_time: str | None = None
+    completion_time: str | None = Field(default=None, description="When it finished, or was pruned.")
     duration_seconds: float | None = None
     reason: str | None = None
     message: str | None = None
+    stopping: bool | None = Field(
+        default=None,
+        description="Pruned, and its user loop was asked to stop and may still run; its workers are "
+        "stopped tuning.stopGracePeriodSeconds after completionTime.",
+    )
     attrs: dict[str, Any] | None = Field(
         default=None, description="Sampler/pruner bookkeeping Optuna keeps per trial (rung values, grid id)."
     )

@@ -16,6 +16,7 @@ actions out. Executors report facts; every decision is the engine's. One policy 
 - `retries`: running one non-trial workload to success within `backoffLimit`.
 - `trials`: the tuning stage (asking, pruning, counting and ranking trials); `tuning`: the Optuna
   study rebuilt from status.
+- `stopping`: a pruned user loop asked to stop, then stopped after its grace period.
 - `promotion`: the ensemble, the gate and serving.
 - `summary`: phase, progress and conditions (`conditions` keeps their transition times).
 - `reasons`: every reason the engine writes.
@@ -27,6 +28,7 @@ from conveyor.operator.engine.actions import (
     Decision,
     DeletePipeline,
     Emit,
+    RequestStop,
     StartServing,
     StartWorkload,
     StopServing,
@@ -49,6 +51,7 @@ __all__ = [
     "Emit",
     "EpochReport",
     "Observations",
+    "RequestStop",
     "ServingObservation",
     "StartServing",
     "StartWorkload",

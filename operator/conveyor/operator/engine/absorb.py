@@ -3,7 +3,9 @@ of the workloads it saw, before any policy decides anything. Executors report fa
 (`observations`); what they mean is decided here, once, for every executor:
 
 - Only the attempt a record is at, and only while it is Pending or Running: an observation of
-  another attempt is stale, and a finished record is never reopened.
+  another attempt is stale, and a finished record is never reopened. A pruned trial whose user loop
+  is still `stopping` (see `stopping`) takes one fact only: that its workload is gone. What it
+  reported or wrote after the decision, a result included, never turns Pruned into anything else.
 - A result is the durable verdict, whatever state the executor saw: rank 0 writes it after the last
   collective, so every rank has finished its work. It counts while other processes still run (they
   are exiting), over a non-zero exit (gloo aborts now and then at interpreter teardown: "terminate
@@ -13,7 +15,10 @@ of the workloads it saw, before any policy decides anything. Executors report fa
   writes one, so its output cannot be trusted (retried like any failure; a trial is not).
 - Why a workload failed: its result's reason, else the one the executor saw, else WorkloadFailed.
 - A trial's value is its result's objective, else its best per-epoch value; a trial whose result has
-  neither is Failed (NoObjective).
+  neither is Failed (NoObjective). A user loop's reports carry the step each was made at: kept in
+  `steps` next to `values` (pruners count steps for it, see `tuning`).
+- A failure's message is the result's (for UserCodeError the last lines of the user's traceback),
+  its end kept within MESSAGE_LIMIT characters: the end of a traceback is what names the line.
 - A `lost` workload without a result is marked Suspended (reason Lost) and started again as its next
   attempt by `lifecycle.resume`; no failure is counted.
 """
@@ -34,6 +39,8 @@ from conveyor.operator.engine.observations import (
 )
 
 Result = dict[str, Any] | None
+MESSAGE_LIMIT = 2048  # a failure's message in status, well within a condition's 4096
+GONE = ("succeeded", "failed", "lost")
 
 
 def absorb(ctx: Context) -> None:
@@ -55,7 +62,13 @@ def absorb_serving(serving: ServingStatus, seen: ServingObservation) -> None:
 
 def _absorb_record(ctx: Context, rec: Record) -> None:
     seen = ctx.observed.workloads.get(rec.name)
-    if seen is None or seen.attempt != rec.attempt or rec.state not in ACTIVE:
+    if seen is None or seen.attempt != rec.attempt:
+        return
+    if isinstance(rec, TrialStatus) and rec.stopping:
+        if seen.state in GONE:
+            rec.stopping = None
+        return
+    if rec.state not in ACTIVE:
         return
     if seen.started_at is not None and rec.start_time is None:
         rec.start_time = rfc3339(seen.started_at)
@@ -89,7 +102,7 @@ def failure_of(seen: WorkloadObservation, result: Mapping[str, Any] | None) -> t
     """(reason, message) of a failed workload: the result's own, else what the executor saw, else
     NoResult for one that exited successfully without a result."""
     if result is not None and result.get("reason"):
-        return str(result["reason"]), str(result.get("message") or "")
+        return str(result["reason"]), str(result.get("message") or "")[-MESSAGE_LIMIT:]
     if seen.reason:
         return seen.reason, seen.message or ""
     if result is None and seen.state == "succeeded":
@@ -103,6 +116,17 @@ def _absorb_epochs(ctx: Context, rec: Record, epochs: tuple[EpochReport, ...]) -
     rec.epochs = last.epochs or rec.epochs
     if isinstance(rec, TrialStatus):
         rec.values = epoch_values(rec.values, epochs, ctx.spec.task.metric)
+        if ctx.spec.training.user_loop:
+            rec.steps = report_steps(rec.steps or [], epochs, len(rec.values))
+
+
+def report_steps(steps: list[int | None], reports: Iterable[EpochReport], count: int) -> list[int | None]:
+    """The step of each of a user loop's reports (index 0 = report 1), `count` long (as its values)."""
+    steps = [*steps, *[None] * (count - len(steps))][:count]
+    for report in reports:
+        if 1 <= report.epoch <= count and report.step is not None:
+            steps[report.epoch - 1] = report.step
+    return steps
 
 
 def epoch_values(

@@ -5,6 +5,10 @@
   key that already exists is a no-op (the engine may repeat one if its status write was lost).
 - `StopWorkload(name, attempt, reason, message)`: stop that attempt (pruned trial, suspension,
   deadline, pipeline failure). Stopping something already gone is a no-op.
+- `RequestStop(name, attempt, reason, message)`: ask that attempt's user loop to stop by itself
+  (`conveyor.sdk.report` returns False): a pruned trial's first chance to end cleanly, before a
+  StopWorkload after `tuning.stopGracePeriodSeconds`. Repeated on every reconcile until the attempt is
+  gone, so an executor that forgot it (a new leader) learns it again; asking twice is a no-op.
 - `StartServing(model, serving)`: serve the artifact directory `model` (relative to the run root:
   "ensemble" or "model") with the serving spec; idempotent per `model`.
 - `StopServing(reason)`: tear serving down.
@@ -40,6 +44,14 @@ class StopWorkload:
 
 
 @dataclass(frozen=True)
+class RequestStop:
+    name: str
+    attempt: int
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class StartServing:
     model: str  # artifact directory relative to the run root: "ensemble" or "model"
     serving: ServingSpec
@@ -64,7 +76,7 @@ class DeletePipeline:
     reason: str
 
 
-Action = StartWorkload | StopWorkload | StartServing | StopServing | Emit | DeletePipeline
+Action = StartWorkload | StopWorkload | RequestStop | StartServing | StopServing | Emit | DeletePipeline
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from conveyor.operator.api.status import PipelineStatus, parse_time
+from conveyor.operator.api.status import PipelineStatus, TrialStatus, parse_time
 from conveyor.operator.engine import reasons
 from conveyor.operator.engine.actions import DeletePipeline, StopServing, StopWorkload
 from conveyor.operator.engine.context import ACTIVE, Context, records
@@ -24,10 +24,14 @@ SUSPEND_MESSAGE = "spec.suspend is true"
 
 def active_workloads(status: PipelineStatus | None) -> list[tuple[str, int]]:
     """(name, attempt) of every workload status says should exist now: executors report `lost` for
-    the ones they cannot find."""
+    the ones they cannot find. A pruned trial still `stopping` is among them, so the engine sees it go."""
     if status is None:
         return []
-    return [(r.name, r.attempt) for r in records(status) if r.state in ACTIVE]
+    return [
+        (r.name, r.attempt)
+        for r in records(status)
+        if r.state in ACTIVE or (isinstance(r, TrialStatus) and r.stopping)
+    ]
 
 
 def remaining_seconds(limit: float, since: datetime, now: datetime) -> float:
@@ -50,9 +54,7 @@ def suspend(ctx: Context) -> None:
             ctx.status.serving.ready = False
     current = ctx.status.condition("Suspended")
     if current is None or current.status != "True":
-        ctx.emit(
-            "Normal", reasons.SUSPENDED, f"{SUSPEND_MESSAGE}: running workloads stopped, trials kept"
-        )
+        ctx.emit("Normal", reasons.SUSPENDED, f"{SUSPEND_MESSAGE}: running workloads stopped, trials kept")
 
 
 def resume(ctx: Context) -> None:
@@ -80,9 +82,7 @@ def deadline_exceeded(ctx: Context) -> bool:
     if remaining > 0:
         ctx.requeue.append(remaining)
         return False
-    ctx.fail(
-        reasons.DEADLINE_EXCEEDED, f"the pipeline ran longer than activeDeadlineSeconds ({limit}s)"
-    )
+    ctx.fail(reasons.DEADLINE_EXCEEDED, f"the pipeline ran longer than activeDeadlineSeconds ({limit}s)")
     return True
 
 

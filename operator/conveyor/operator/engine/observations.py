@@ -38,9 +38,25 @@ INVALID_INPUT = "InvalidInput"
 
 @dataclass(frozen=True)
 class EpochReport:
+    """One progress event: Conveyor's loop sends one per epoch; a user loop's `conveyor.sdk.report`
+    sends the same shape, numbered by report in `epoch`, with the `step` it was made at."""
+
     epoch: int
     metrics: Mapping[str, float]
     epochs: int | None = None
+    step: int | None = None
+
+    @classmethod
+    def from_event(cls, event: Mapping[str, Any]) -> EpochReport:
+        """From a progress event's JSON (`progress.jsonl`, or a POST to the progress endpoint)."""
+        metrics = {k: float(v) for k, v in (event.get("metrics") or {}).items() if isinstance(v, int | float)}
+        epochs, step = event.get("epochs"), event.get("step")
+        return cls(
+            int(event["epoch"]),
+            metrics,
+            epochs if isinstance(epochs, int) else None,
+            step if isinstance(step, int) and not isinstance(step, bool) else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -63,11 +79,7 @@ class WorkloadObservation:
         **kwargs: Any,
     ) -> WorkloadObservation:
         """Build from the epoch events in `progress.jsonl` (the result travels apart, in `result`)."""
-        epochs = tuple(
-            EpochReport(int(event["epoch"]), dict(event.get("metrics", {})), event.get("epochs"))
-            for event in events
-            if event.get("event") == "epoch"
-        )
+        epochs = tuple(EpochReport.from_event(event) for event in events if event.get("event") == "epoch")
         return cls(state=state, attempt=attempt, epochs=epochs, **kwargs)
 
 

@@ -6,7 +6,9 @@ after a lost status write: a workload already recorded in status is never starte
 makes the engine repeat the same StartWorkload, which executors treat as done by its key).
 
 A reconcile reads as its steps: absorb what was observed; then either expire a finished pipeline,
-suspend, or resume and advance through the stages (unless the deadline passed); then summarize.
+suspend, or resume and advance through the stages (unless the deadline passed); then ask pruned user
+loops to stop, or stop them (`stopping`, last: it sees this reconcile's prunings and failures); then
+summarize.
 The stage order is `_advance`: prepare -> tune (optional) -> train -> evaluate, beside ensemble
 (optional) -> gate -> serve (optional). Each policy lives in its own module; see the package docstring.
 """
@@ -17,7 +19,16 @@ from datetime import datetime
 
 from conveyor.operator.api.spec import TrainingPipelineSpec
 from conveyor.operator.api.status import ArtifactsStatus, ObjectiveStatus, PipelineStatus
-from conveyor.operator.engine import absorb, lifecycle, promotion, reasons, retries, summary, trials
+from conveyor.operator.engine import (
+    absorb,
+    lifecycle,
+    promotion,
+    reasons,
+    retries,
+    stopping,
+    summary,
+    trials,
+)
 from conveyor.operator.engine.actions import Decision
 from conveyor.operator.engine.context import FINISHED, Context
 from conveyor.operator.engine.observations import Observations
@@ -45,6 +56,7 @@ def reconcile(
         lifecycle.resume(ctx)
         if not lifecycle.deadline_exceeded(ctx):
             _advance(ctx)
+    stopping.enforce(ctx)
     summary.summarize(ctx)
     return ctx.decision()
 

@@ -34,6 +34,13 @@ RESTARTED = "Restarted"  # started again after suspension or loss
 STOPPED = "Stopped"  # stopped because the pipeline failed
 PRUNED = "Pruned"  # a trial stopped early by the pruner
 NOT_STARTING = "NotStarting"  # pending, and the executor says why (image pull, missing Secret, ...)
+# Results of user code (`training.entrypoint`/`command`), as the trainer writes them:
+# a user loop that never reported the objective through conveyor.sdk.report (permanent: the same
+# code reports nothing the next time either, `workloads.PERMANENT_REASONS`), and an exception in user
+# code, whose message is the last lines of its traceback (retried within backoffLimit, like any
+# failure: it may be a flake).
+OBJECTIVE_NOT_REPORTED = "ObjectiveNotReported"
+USER_CODE_ERROR = "UserCodeError"
 
 # Why a workload, serving or the pipeline itself is stopped (StopWorkload, StopServing, DeletePipeline).
 PIPELINE_FAILED = "PipelineFailed"

@@ -7,8 +7,11 @@ decides when to use it. Decisions worth knowing:
   most its size). Failed trials count as trials.
 - A failed trial is not retried; it counts against `tuning.maxFailedTrials`, and one more failure
   than that fails the pipeline (TrialFailedLimitExceeded).
-- Running trials are offered to the pruner epoch by epoch (`tuning.Study.check_pruning`); a pruned
-  trial is stopped, and its record stays for the study and the summary.
+- Running trials are offered to the pruner report by report (`tuning.Study.check_pruning`): epoch by
+  epoch for Conveyor's loop, step by step for a user loop (`training.entrypoint`/`command`, counted
+  up to `training.maxSteps`). A pruned trial is Pruned from that moment and its record stays for the
+  study and the summary; Conveyor's loop is stopped at once, a user loop is asked to stop first
+  (`stopping`).
 - Ties between equal values go to the earlier trial.
 - Large sampler state (the CMA-ES optimizer) is kept for the last few trials only, so status stays
   small; the study resumes from the newest one whose trial succeeded.
@@ -21,10 +24,9 @@ from typing import Any
 
 from conveyor.operator.api.spec import TrainingPipelineSpec, TuningSpec
 from conveyor.operator.api.status import BestTrial, PipelineStatus, TrialStatus, TuningStatus
-from conveyor.operator.engine import reasons
-from conveyor.operator.engine.actions import StopWorkload
+from conveyor.operator.engine import reasons, stopping
 from conveyor.operator.engine.context import ACTIVE, TRIAL_DONE, Context
-from conveyor.operator.engine.tuning import Study, planned_trials
+from conveyor.operator.engine.tuning import Resource, Study, planned_trials
 from conveyor.operator.engine.workload_kinds import trial_name
 
 MAX_SAMPLER_STATES = 3
@@ -69,9 +71,17 @@ def max_epochs(spec: TrainingPipelineSpec) -> int:
     return max([spec.training.epochs, *tuned])
 
 
+def resource(spec: TrainingPipelineSpec) -> Resource:
+    """What the pruner counts: a user loop's steps up to `training.maxSteps`, else epochs."""
+    assert spec.tuning is not None
+    if spec.training.user_loop:
+        return Resource.steps(spec.tuning, spec.training.max_steps)
+    return Resource.epochs(spec.tuning, max_epochs(spec))
+
+
 def _study(ctx: Context, tuning: TuningSpec) -> Study:
-    st = ctx.status
-    return Study(tuning, st.trials, ctx.spec.task.maximize, max_epochs(ctx.spec), sampler_state(st))
+    st, spec = ctx.status, ctx.spec
+    return Study(tuning, st.trials, spec.task.maximize, max_epochs(spec), sampler_state(st), resource(spec))
 
 
 def _too_many_failures(ctx: Context, tuning: TuningSpec) -> bool:
@@ -94,14 +104,16 @@ def _prune(ctx: Context, tuning: TuningSpec) -> None:
         return
     study = _study(ctx, tuning)
     for trial in sorted(running, key=lambda t: t.number):
-        epoch = study.check_pruning(trial)
-        if epoch is None:
+        report = study.check_pruning(trial)
+        if report is None:
             continue
-        value = trial.values[epoch - 1]
+        value = trial.values[report - 1]
+        by_step = study.resource.unit == "step" and trial.steps is not None
+        where = f"step {(trial.steps or [])[report - 1]}" if by_step else f"epoch {report}"
         trial.state, trial.reason = "Pruned", reasons.PRUNED
-        trial.message = f"{tuning.pruner} stopped it after epoch {epoch} ({ctx.spec.task.metric} {value})"
+        trial.message = f"{tuning.pruner} stopped it after {where} ({ctx.spec.task.metric} {value})"
         trial.completion_time = ctx.ts
-        ctx.actions.append(StopWorkload(trial.name, trial.attempt, reasons.PRUNED, trial.message))
+        stopping.begin(ctx, trial)
         ctx.emit("Normal", reasons.TRIAL_PRUNED, f"{trial.name}: {trial.message}")
 
 

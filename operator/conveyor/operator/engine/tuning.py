@@ -9,9 +9,9 @@ restart at any moment repeats nothing and loses nothing.
 Determinism: the sampler of trial n is seeded from the pair (`seed`, n) (grid: `seed`, which orders
 the grid), and its inputs are exactly what status holds, so rebuilding and asking again yields the
 same parameters. A pair, not `seed + n`: with the sum, seed 1 replayed seed 0's trials shifted by
-one, so studies with neighbouring seeds were nearly the same study. Pruning is evaluated epoch by epoch in
-order (the last epoch checked is remembered per trial), exactly as if the trial had called
-`trial.report` + `trial.should_prune` every epoch in one process.
+one, so studies with neighbouring seeds were nearly the same study. Pruning is evaluated report by report in
+order (the last report checked is remembered per trial), exactly as if the trial had called
+`trial.report` + `trial.should_prune` at every report in one process.
 
 Choices: TPE and CMA-ES start with `max(2, min(10, trials // 3))` random trials (a small budget must
 still leave room for the model); TPE uses the constant liar so parallel asks spread out; CMA-ES
@@ -21,6 +21,16 @@ search runs at most the size of the grid. ASHA and Hyperband use reduction facto
 `NoPruningAtTheEnd`); the median pruner waits for `warmupEpochs` and a few finished trials.
 `warmupEpochs` defaults to a tenth of the epochs: one epoch says little about a learning rate, and
 pruning on it keeps the cheap, fast starters rather than the good ones.
+
+The resource a pruner counts (`Resource`): Conveyor's own loop reports once per epoch, so it counts
+epochs. A user loop (`training.entrypoint` or `command`) reports through `conveyor.sdk.report` on a
+step grid shared by every trial (a multiple of `maxSteps // 100`), and its reports are numbered but
+not equally far apart in work, so it counts the reported `step`: intermediate values are keyed by step,
+the minimum resource is `warmupSteps` (default a tenth of `maxSteps`, at least 1) and the maximum
+`maxSteps` (Hyperband's max resource; ASHA's last rung at `maxSteps // 3`). Keyed by step, trials that
+report on the same grid meet the median pruner and the rungs at the same points, whatever their
+report count. A pruner on a user loop needs `maxSteps` (the spec refuses one without it); without a
+pruner the resource is only carried along.
 """
 
 from __future__ import annotations
@@ -29,7 +39,8 @@ import itertools
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, assert_never
 
 import numpy as np
 import optuna
@@ -47,7 +58,8 @@ from conveyor.operator.api.status import TrialStatus
 
 STUDY_NAME = "conveyor"
 REDUCTION_FACTOR = 3
-CHECKED_KEY = "conveyor:checked"  # last epoch the pruner has seen, per trial
+RUNG_KEY_PREFIX = "completed_rung_"  # Optuna's successive halving: a trial's value at each rung it reached
+CHECKED_KEY = "conveyor:checked"  # last report (epoch, or user-loop report) the pruner has seen, per trial
 # Attributes Optuna keeps that can be recomputed from the spec, so they are not stored per trial.
 RECOMPUTED_ATTRS = frozenset({"search_space"})
 # Per-ask caches a sampler reads only while sampling that same trial (TPE's relative parameters).
@@ -126,47 +138,96 @@ def warmup_epochs(tuning: TuningSpec, max_epochs: int) -> int:
     return tuning.warmup_epochs or max(1, math.ceil(max_epochs / 10))
 
 
+def warmup_steps(tuning: TuningSpec, max_steps: int | None) -> int:
+    return tuning.warmup_steps or max(1, (max_steps or 0) // 10)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """What pruners count: `unit`, from `warmup` (the minimum resource) to `most` (None: unknown)."""
+
+    unit: Literal["epoch", "step"]
+    warmup: int
+    most: int | None
+
+    @classmethod
+    def epochs(cls, tuning: TuningSpec, max_epochs: int) -> Resource:
+        """Conveyor's own loop: one report per epoch."""
+        return cls("epoch", warmup_epochs(tuning, max_epochs), max_epochs)
+
+    @classmethod
+    def steps(cls, tuning: TuningSpec, max_steps: int | None) -> Resource:
+        """A user loop: reports keyed by the step they were made at."""
+        return cls("step", warmup_steps(tuning, max_steps), max_steps)
+
+
 class NoPruningAtTheEnd(optuna.pruners.BasePruner):
     """Successive halving without rungs in the last part of training: Optuna's rungs have no upper
     bound, so with 30 epochs, warm-up 3 and factor 3 a trial could be pruned after epoch 27 (saving 3
     epochs of 30), and with warm-up 10 at epoch 30 itself, a finished trial thrown away (measured:
     trial-epochs spent, trials completed 1 of 12). A rung must leave a promoted trial room to
-    train: none after `max_epochs / REDUCTION_FACTOR`."""
+    train: none after `last_rung`. The bound is on the rung, not on the report that reaches it: a
+    user loop reports on its own grid, so the rung at step 300 is judged at the first report past it
+    (step 360, say), which is still that rung's decision."""
 
-    def __init__(self, inner: optuna.pruners.BasePruner, last_rung: int) -> None:
+    def __init__(self, inner: optuna.pruners.BasePruner, last_rung: int, first_rung: int) -> None:
         self.inner = inner
         self.last_rung = last_rung
+        self.first_rung = first_rung
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        step = trial.last_step
-        return step is not None and step <= self.last_rung and self.inner.prune(study, trial)
+        completed = sum(1 for key in trial.system_attrs if key.startswith(RUNG_KEY_PREFIX))
+        rung = self.first_rung * REDUCTION_FACTOR**completed  # the rung this report would complete
+        return trial.last_step is not None and rung <= self.last_rung and self.inner.prune(study, trial)
 
 
-def make_pruner(tuning: TuningSpec, max_epochs: int) -> optuna.pruners.BasePruner:
-    warmup = warmup_epochs(tuning, max_epochs)
+def make_pruner(tuning: TuningSpec, max_epochs: int | Resource) -> optuna.pruners.BasePruner:
+    """The spec's pruner over `max_epochs` epochs of Conveyor's loop, or over a given `Resource`."""
+    resource = max_epochs if isinstance(max_epochs, Resource) else Resource.epochs(tuning, max_epochs)
+    warmup, most = resource.warmup, resource.most
+    if tuning.pruner == "none":
+        return optuna.pruners.NopPruner()
+    assert most is not None, "a pruner needs training.maxSteps (checked with the spec)"
     if tuning.pruner == "median":
         return optuna.pruners.MedianPruner(
             n_startup_trials=max(1, min(5, tuning.trials // 4)), n_warmup_steps=warmup
         )
-    last_rung = max(warmup, max_epochs // REDUCTION_FACTOR)
     if tuning.pruner == "asha":
         asha = optuna.pruners.SuccessiveHalvingPruner(min_resource=warmup, reduction_factor=REDUCTION_FACTOR)
-        return NoPruningAtTheEnd(asha, last_rung)
+        return NoPruningAtTheEnd(asha, max(warmup, most // REDUCTION_FACTOR), warmup)
     if tuning.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=warmup,
-            max_resource=max(max_epochs, warmup),
+            max_resource=max(most, warmup),
             reduction_factor=REDUCTION_FACTOR,
         )
-    return optuna.pruners.NopPruner()
+    assert_never(tuning.pruner)
+
+
+def report_steps(trial: TrialStatus, unit: Literal["epoch", "step"]) -> list[int | None]:
+    """The resource each of the trial's reports was made at (index 0 = report 1): its epoch number,
+    or the step it recorded (None where unknown: such a report is not offered to the pruner)."""
+    if unit == "epoch":
+        return list(range(1, len(trial.values) + 1))
+    steps = list(trial.steps or [])
+    return [*steps, *[None] * (len(trial.values) - len(steps))][: len(trial.values)]
+
+
+def intermediate_values(trial: TrialStatus, unit: Literal["epoch", "step"]) -> dict[int, float]:
+    """What Optuna's `trial.report` would have recorded: each finite value at its resource."""
+    pairs = zip(report_steps(trial, unit), trial.values, strict=True)
+    return {at: v for at, v in pairs if at is not None and v is not None and math.isfinite(v)}
 
 
 def _frozen(
-    trial: TrialStatus, space: dict[str, BaseDistribution], extra_attrs: dict[str, Any]
+    trial: TrialStatus,
+    space: dict[str, BaseDistribution],
+    extra_attrs: dict[str, Any],
+    unit: Literal["epoch", "step"] = "epoch",
 ) -> FrozenTrial:
     state = _STATE[trial.state]
     params = {name: value for name, value in trial.params.items() if name in space}
-    intermediate = {i + 1: v for i, v in enumerate(trial.values) if v is not None and math.isfinite(v)}
+    intermediate = intermediate_values(trial, unit)
     value = trial.value if state == TrialState.COMPLETE else None
     if state == TrialState.COMPLETE and value is None:
         state = TrialState.FAIL
@@ -190,15 +251,18 @@ class Study:
         maximize: bool,
         max_epochs: int,
         sampler_state: dict[str, Any] | None = None,
+        resource: Resource | None = None,
     ) -> None:
+        """`resource` (a user loop's steps) replaces the `max_epochs` epochs of Conveyor's loop."""
         self.tuning = tuning
         self.space = distributions(tuning)
+        self.resource = resource or Resource.epochs(tuning, max_epochs)
         self.study = optuna.create_study(
             storage=InMemoryStorage(),
             study_name=STUDY_NAME,
             direction="maximize" if maximize else "minimize",
             sampler=make_sampler(tuning, len(trials)),
-            pruner=make_pruner(tuning, max_epochs),
+            pruner=make_pruner(tuning, self.resource),
         )
         recomputed: dict[str, Any] = {}
         if tuning.algorithm == "grid":
@@ -211,7 +275,7 @@ class Study:
             extra = dict(recomputed) if trial.attrs and "grid_id" in trial.attrs else {}
             if large.get("trial") == trial.number:
                 extra.update(large.get("attrs", {}))
-            self.study.add_trial(_frozen(trial, self.space, extra))
+            self.study.add_trial(_frozen(trial, self.space, extra, self.resource.unit))
         # Optuna numbers trials in the order they are added, which is their status order.
         self.ids.update({t.number: t._trial_id for t in self.study.get_trials(deepcopy=False)})
 
@@ -239,14 +303,17 @@ class Study:
     # --- pruning ----------------------------------------------------------------------------------
 
     def check_pruning(self, trial: TrialStatus) -> int | None:
-        """Feed the trial's unchecked epochs to the pruner in order; the epoch it is pruned at, or None.
-        Updates `trial.attrs` with what the pruner recorded (rung values, last epoch checked)."""
+        """Feed the trial's unchecked reports to the pruner in order, each at its resource (epoch or
+        step); the number of the report (1-based) it is pruned at, or None. Updates `trial.attrs` with
+        what the pruner recorded (rung values, the last report checked)."""
         trial_id = self.ids[trial.number]
         storage = self.study._storage
         checked = int((trial.attrs or {}).get(CHECKED_KEY, 0))
+        at = report_steps(trial, self.resource.unit)
         pruned_at = None
-        for epoch in range(checked + 1, len(trial.values) + 1):
-            if trial.values[epoch - 1] is None:
+        for report in range(checked + 1, len(trial.values) + 1):
+            resource = at[report - 1]
+            if trial.values[report - 1] is None or resource is None:
                 continue
             frozen = storage.get_trial(trial_id)
             view = FrozenTrial(
@@ -259,12 +326,12 @@ class Study:
                 distributions=frozen.distributions,
                 user_attrs={},
                 system_attrs=frozen.system_attrs,
-                intermediate_values={s: v for s, v in frozen.intermediate_values.items() if s <= epoch},
+                intermediate_values={s: v for s, v in frozen.intermediate_values.items() if s <= resource},
                 trial_id=trial_id,
             )
-            checked = epoch
+            checked = report
             if self.study.pruner.prune(self.study, view):
-                pruned_at = epoch
+                pruned_at = report
                 break
         attrs, _ = self._split_attrs(storage.get_trial_system_attrs(trial_id))
         attrs[CHECKED_KEY] = checked

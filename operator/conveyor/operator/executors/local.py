@@ -11,7 +11,9 @@ interpreters importing torch. Workloads with their own `spec.env` start cold, si
 cannot honour variables read at import.
 Every process gets its own session, so stopping a workload (a pruned trial, Ctrl-C) takes its whole
 process tree down; warm processes, the fork server and the model server die with `conveyor run` even
-when it is killed with SIGKILL.
+when it is killed with SIGKILL. Asking a workload to stop (`request_stop`: a pruned user loop) writes
+the file `conveyor.sdk.env.STOP_FILE` into its output directory, where `conveyor.sdk.report` looks:
+the local twin of the progress endpoint's `{"stop": true}` (a new attempt starts without it).
 
 It implements `protocol.Executor` and reports facts only (`conveyor.operator.engine.observations`):
 the processes' state from their exit codes (failed as soon as one exits non-zero; exit code 2 is
@@ -53,6 +55,7 @@ from conveyor.operator.workloads import (
     serve_argv,
     trainer_argv,
 )
+from conveyor.sdk.env import STOP_FILE
 from conveyor.trainer import progress
 from conveyor.trainer.artifacts import RESULT_FILE, workload_dir
 from conveyor.trainer.config import ServingSpec
@@ -203,13 +206,17 @@ class LocalExecutor:
             return  # idempotent: this attempt is already running (or finished)
         if current is not None:
             stop_processes(current.processes)
-        # A result left by an earlier attempt must not be read as this attempt's.
+        # A result left by an earlier attempt must not be read as this attempt's, nor a stop meant for
+        # it obeyed by this one.
         (self.root / workload.out / RESULT_FILE).unlink(missing_ok=True)
+        (self.root / workload.out / STOP_FILE).unlink(missing_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{workload.key}.log"
         port = free_port()
         processes: list[Process] = []
-        if self.warm and not workload.env:
+        # The user's own program starts torchrun itself (one `command` stage per worker), so it cannot
+        # be forked process by process from the fork server.
+        if self.warm and not workload.env and workload.user_command is None:
             try:
                 processes = self.start_warm(workload, log, port)
             except ForkServerError as error:
@@ -271,6 +278,14 @@ class LocalExecutor:
             return
         stop_processes(job.processes)
         job.stopped = True
+
+    def request_stop(self, name: str, attempt: int) -> None:
+        job = self.jobs.get(name)
+        if job is None or job.workload.attempt != attempt or job.stopped:
+            return
+        out = self.root / job.workload.out
+        out.mkdir(parents=True, exist_ok=True)
+        (out / STOP_FILE).touch()
 
     def start_serving(self, model: str, serving: ServingSpec) -> None:
         if self.server is not None and self.server.model == model:

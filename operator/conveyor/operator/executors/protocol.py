@@ -23,6 +23,7 @@ from conveyor.operator.engine.actions import (
     Action,
     DeletePipeline,
     Emit,
+    RequestStop,
     StartServing,
     StartWorkload,
     StopServing,
@@ -41,6 +42,10 @@ class Executor(Protocol):
 
     def stop(self, name: str, attempt: int) -> None:
         """Stop that attempt with everything it runs."""
+
+    def request_stop(self, name: str, attempt: int) -> None:
+        """Ask that attempt's user loop to stop by itself (`conveyor.sdk.report` then returns False);
+        idempotent, and a no-op for an attempt that is gone."""
 
     def observe(self, workloads: Iterable[tuple[str, int]], serving: bool) -> Observations:
         """The facts about `workloads` (by name and attempt), and about serving if `serving`."""
@@ -66,6 +71,8 @@ def carry_out(executor: Executor, actions: Iterable[Action]) -> None:
                 executor.start(workload)
             case StopWorkload(name, attempt):
                 executor.stop(name, attempt)
+            case RequestStop(name, attempt):
+                executor.request_stop(name, attempt)
             case StartServing(model, serving):
                 executor.start_serving(model, serving)
             case StopServing():

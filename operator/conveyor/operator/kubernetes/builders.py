@@ -25,7 +25,8 @@ What a pipeline's children look like, and why:
   pipeline through owner references.
 - Pods pass the PodSecurity `restricted` profile, mount no service-account token (workloads get no
   Kubernetes API access) and, when the operator runs a progress endpoint, get a projected token for the
-  audience `conveyor.dev` only, which the API server itself does not accept.
+  audience `conveyor.dev` only, which the API server itself does not accept, and with TLS the endpoint's
+  CA certificate as a file beside it (from the pod template's annotation; statusserver says why).
 - Artifacts: `storage.uri` `pvc://CLAIM[/PATH]` is mounted at /artifacts (subPath PATH) in every stage
   pod. No URI: the operator provisions the claim `<pipeline>-artifacts` (`artifacts_claim`, owned by the
   pipeline, so it goes with it; ReadWriteMany when pods of the pipeline run at once, i.e. workers > 1,
@@ -37,6 +38,10 @@ What a pipeline's children look like, and why:
   `$CONVEYOR_PVC_ROOT/CLAIM`, and `data.credentialsSecret` becomes its environment (`envFrom`; the
   explicit environment wins over the Secret's keys). A missing Secret keeps the pod from starting
   (CreateContainerConfigError), which the executor reports.
+- User code: `code.image` is the image of every pod of the pipeline. `code.configMap` (a packed code
+  directory, made by `conveyor apply`) is mounted read-only in every pod, workloads and serving alike,
+  and named by `CONVEYOR_CODE_ARCHIVE`; the trainer unpacks it into the pod's /tmp emptyDir (the root
+  filesystem is read-only) and puts it on the path (`conveyor.trainer.usercode.activate_code`).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from conveyor.operator.api import API_VERSION, KIND
@@ -58,8 +63,9 @@ from conveyor.operator.workloads import (
     command_argv,
     serve_argv,
 )
+from conveyor.sdk import env as sdk_env
 from conveyor.trainer.config import DEFAULT_PVC_ROOT, PVC_ROOT_ENV, PVC_SCHEME, ServingSpec, split_pvc
-from conveyor.trainer.progress import PROGRESS_TOKEN_FILE_ENV, PROGRESS_URL_ENV
+from conveyor.trainer.progress import PROGRESS_CA_FILE_ENV, PROGRESS_TOKEN_FILE_ENV, PROGRESS_URL_ENV
 
 FIELD_MANAGER = "conveyor-operator"
 CONTAINER = "trainer"
@@ -70,8 +76,13 @@ TOKEN_AUDIENCE = "conveyor.dev"
 TOKEN_SECONDS = 3600
 DEFAULT_IMAGE = "ghcr.io/conveyor-dev/conveyor-trainer:latest"
 RUN_AS = 10001
+CODE_MOUNT = "/var/run/conveyor/code"  # where code.configMap is mounted (read-only)
+CODE_ARCHIVE_KEY = "code.tar.gz"  # the ConfigMap's binaryData key holding the packed directory
 PROVISIONED_SIZE = "5Gi"  # the claim provisioned for a pipeline without storage.uri
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+# The progress endpoint's CA certificate (public), projected into a file next to the token: a pod
+# cannot mount a ConfigMap of the operator's namespace (statusserver explains the TLS set-up).
+PROGRESS_CA_ANNOTATION = "conveyor.dev/progress-ca"
 
 LABEL_PIPELINE = "conveyor.dev/pipeline"
 LABEL_WORKLOAD = "conveyor.dev/workload"
@@ -88,7 +99,7 @@ CHECKOV_SKIPS = {
     "checkov.io/skip2": "CKV_K8S_15=the pull policy is the operator's (chart trainerImage.pullPolicy) or "
     "the pipeline's; IfNotPresent with versioned tags avoids re-pulling multi-GB trainer images per pod",
     "checkov.io/skip3": "CKV_K8S_43=the image is the chart's versioned tag or the pipeline's "
-    "spec.scheduling.image, which may be a digest (repo@sha256:...)",
+    "spec.code.image, which may be a digest (repo@sha256:...)",
 }
 
 
@@ -108,7 +119,8 @@ class Settings:
 
     image: str = DEFAULT_IMAGE
     image_pull_policy: str | None = None
-    progress_url: str | None = None  # e.g. http://conveyor-progress.conveyor-system.svc:8081
+    progress_url: str | None = None  # e.g. https://conveyor-progress.conveyor-system.svc:8081
+    progress_ca: str | None = None  # PEM of the CA pods verify the (https) progress endpoint with
     python: str = "python"
 
 
@@ -272,6 +284,20 @@ def data_source(owner: Owner, workload: Workload) -> Pieces:
     return Pieces(env, env_from, (volume,), (mount,))
 
 
+def code_archive(owner: Owner) -> str | None:
+    """Where a pod finds the packed code of `code.configMap` (None without one)."""
+    return f"{CODE_MOUNT}/{CODE_ARCHIVE_KEY}" if owner.spec.code.config_map else None
+
+
+def code_pieces(owner: Owner) -> Pieces:
+    """`code.configMap` mounted read-only (every pod of the pipeline)."""
+    name = owner.spec.code.config_map
+    if not name:
+        return Pieces()
+    volume = {"name": "code", "configMap": {"name": name}}
+    return Pieces(volumes=(volume,), mounts=({"name": "code", "mountPath": CODE_MOUNT, "readOnly": True},))
+
+
 def container_security_context() -> dict[str, Any]:
     """PodSecurity `restricted`: non-root, no privilege escalation, no capabilities, RuntimeDefault;
     and a read-only root filesystem (the images need only /tmp, an emptyDir here, and HOME is /tmp)."""
@@ -311,10 +337,18 @@ def progress_pieces(settings: Settings) -> Pieces:
     """Pushing progress to the operator with an audience-bound token."""
     if not settings.progress_url:
         return Pieces()
-    env = (
+    env: tuple[dict[str, Any], ...] = (
         {"name": PROGRESS_URL_ENV, "value": settings.progress_url},
         {"name": PROGRESS_TOKEN_FILE_ENV, "value": f"{TOKEN_DIR}/token"},
     )
+    sources: list[dict[str, Any]] = []
+    if settings.progress_ca:
+        env = (*env, {"name": PROGRESS_CA_FILE_ENV, "value": f"{TOKEN_DIR}/ca.crt"})
+        ca = {
+            "path": "ca.crt",
+            "fieldRef": {"fieldPath": f"metadata.annotations['{PROGRESS_CA_ANNOTATION}']"},
+        }
+        sources.append({"downwardAPI": {"items": [ca]}})
     volume = {
         "name": "conveyor-token",
         "projected": {
@@ -325,7 +359,8 @@ def progress_pieces(settings: Settings) -> Pieces:
                         "expirationSeconds": TOKEN_SECONDS,
                         "path": "token",
                     }
-                }
+                },
+                *sources,
             ]
         },
     }
@@ -345,15 +380,17 @@ def pod_spec(
     sched = owner.spec.scheduling
     store = storage(owner)
     progress = progress_pieces(settings)
+    code = code_pieces(owner)
     container = {
         **container,
-        "image": sched.image or settings.image,
+        "image": owner.spec.code.image or settings.image,
         "securityContext": container_security_context(),
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "File",
         "volumeMounts": [
             *store.mounts,
             *progress.mounts,
+            *code.mounts,
             *extra.mounts,
             {"name": "tmp", "mountPath": "/tmp"},
             *container.get("volumeMounts", []),
@@ -371,7 +408,13 @@ def pod_spec(
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
         "containers": [container],
-        "volumes": [*store.volumes, *progress.volumes, *extra.volumes, {"name": "tmp", "emptyDir": {}}],
+        "volumes": [
+            *store.volumes,
+            *progress.volumes,
+            *code.volumes,
+            *extra.volumes,
+            {"name": "tmp", "emptyDir": {}},
+        ],
     }
     optional = {
         "serviceAccountName": sched.service_account_name,
@@ -385,10 +428,14 @@ def pod_spec(
     return spec
 
 
-def pod_template(owner: Owner, object_labels: Mapping[str, str], spec: dict[str, Any]) -> dict[str, Any]:
+def pod_template(
+    owner: Owner, settings: Settings, object_labels: Mapping[str, str], spec: dict[str, Any]
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"labels": dict(object_labels)}
     if owner.spec.scheduling.annotations:
         meta["annotations"] = dict(owner.spec.scheduling.annotations)
+    if settings.progress_url and settings.progress_ca:
+        meta.setdefault("annotations", {})[PROGRESS_CA_ANNOTATION] = settings.progress_ca
     return {"metadata": meta, "spec": spec}
 
 
@@ -419,6 +466,7 @@ def master_address(owner: Owner, workload: Workload) -> str:
 
 def trainer_container(owner: Owner, settings: Settings, workload: Workload) -> dict[str, Any]:
     root = storage(owner).root
+    workload = replace(workload, pipeline=owner.name, code_archive=code_archive(owner))
     if workload.distributed:
         argv, env = command_argv(
             workload,
@@ -460,7 +508,7 @@ def workload_job(owner: Owner, settings: Settings, workload: Workload) -> dict[s
         "parallelism": workers,
         "backoffLimit": 0,
         "podFailurePolicy": pod_failure_policy(),
-        "template": pod_template(owner, object_labels, pod),
+        "template": pod_template(owner, settings, object_labels, pod),
     }
     if workload.distributed:
         job_spec["completionMode"] = "Indexed"
@@ -528,7 +576,11 @@ def serving_objects(
         "name": SERVER_CONTAINER,
         "command": argv[:1],
         "args": argv[1:],
-        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "CONVEYOR_MODEL", "value": model}],
+        "env": [
+            {"name": "PYTHONUNBUFFERED", "value": "1"},
+            {"name": "CONVEYOR_MODEL", "value": model},
+            *env_list({sdk_env.CODE_ARCHIVE: archive} if (archive := code_archive(owner)) else {}),
+        ],
         "ports": [{"name": "http", "containerPort": serving.port}],
         "readinessProbe": probe,
         "livenessProbe": live,
@@ -538,7 +590,7 @@ def serving_objects(
         },
     }
     pod = pod_spec(owner, settings, container, "Always")
-    template = pod_template(owner, object_labels, pod)
+    template = pod_template(owner, settings, object_labels, pod)
     template["metadata"].setdefault("annotations", {})["conveyor.dev/model"] = model
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector(owner, SERVING)},

@@ -19,7 +19,12 @@ turned back into observations. Thin I/O only; every object comes from `builders`
   finished, because Jobs carry no TTL and stay until the pipeline goes. Live per-epoch progress
   comes from the progress endpoint (`statusserver.ProgressStore`), never from logs.
 - Serving: the Deployment's readiness; no Deployment means nothing is served.
-- Stop: delete the Job (propagationPolicy Background) and its headless Service.
+- Stop: delete the Job (propagationPolicy Background) and its headless Service. Ask to stop (a
+  pruned user loop, `request_stop`): tell the progress endpoint (`statusserver.ProgressStore.ask_stop`),
+  which answers that attempt's POSTs with `{"stop": true}` from then on; nothing is written to the
+  cluster, and the engine repeats the ask on every reconcile, so a new leader learns it on its first.
+- Progress and stops are keyed by the pipeline's label value (`builders.label_value`), as the
+  endpoint knows a pod's pipeline from its labels alone.
 - Storage: a pipeline without `storage.uri` gets the claim `builders.artifacts_claim` before its first
   pod (checked once per pipeline per operator process), with a `StorageProvisioned` Event.
 """
@@ -232,6 +237,10 @@ def observe_job(
         )
     if complete is not None:
         finished = parse_time(status.get("completionTime") or complete.get("lastTransitionTime"))
+        if result is None and not any(completion_index(p) == 0 for p in pods):
+            # Rank 0's pod went (evicted as it finished, its node deleted) before its result was read:
+            # the result is lost, not unwritten, so the attempt is lost and runs again.
+            return WorkloadObservation(state="lost", attempt=attempt, epochs=epochs, started_at=started)
         return WorkloadObservation(state="succeeded", result=result, finished_at=finished, **common)
     running = any((p.get("status") or {}).get("phase") == "Running" for p in pods)
     if problems and not running and result is None:
@@ -285,20 +294,27 @@ def observe_deployment(deployment: Mapping[str, Any] | None, url: str) -> Servin
 
 
 ProgressLookup = Callable[[str, str, str, int], tuple[EpochReport, ...]]
+StopRequest = Callable[[str, str, str, int], None]  # (namespace, pipeline label, workload, attempt)
 
 
 def _no_progress(namespace: str, pipeline: str, workload: str, attempt: int) -> tuple[EpochReport, ...]:
     return ()
 
 
+def _no_endpoint(namespace: str, pipeline: str, workload: str, attempt: int) -> None:
+    """Without a progress endpoint nothing can be asked: the grace period ends in a stop."""
+
+
 @dataclass
 class KubernetesExecutor:
-    """What every pipeline's executor shares: the API, the operator's settings, the progress store."""
+    """What every pipeline's executor shares: the API, the operator's settings, the progress store
+    (`progress` reads it, `ask_stop` tells it which attempts to answer with a stop)."""
 
     api: Api
     settings: builders.Settings = field(default_factory=builders.Settings)
     progress: ProgressLookup = _no_progress
     claims: set[tuple[str, str]] = field(default_factory=set)  # (namespace, uid): claim known to exist
+    ask_stop: StopRequest = _no_endpoint
 
     def for_pipeline(self, owner: builders.Owner, body: Mapping[str, Any]) -> PipelineExecutor:
         """The executor of one pipeline (`body` as last read: Events refer to it)."""
@@ -332,7 +348,7 @@ class PipelineExecutor:
             pods = self.api.list("Pod", owner.namespace, selector)
 
         def epochs(name: str, attempt: int) -> tuple[EpochReport, ...]:
-            return self.shared.progress(owner.namespace, owner.name, name, attempt)
+            return self.shared.progress(owner.namespace, builders.label_value(owner.name), name, attempt)
 
         seen = observe_jobs(owner.name, keys, jobs, pods, epochs)
         return Observations(workloads=seen, serving=self.observe_serving() if serving else None)
@@ -378,12 +394,21 @@ class PipelineExecutor:
     def start(self, workload: Workload) -> None:
         self.ensure_storage()
         for obj in builders.workload_objects(self.owner, self.shared.settings, workload):
-            self.api.apply(obj)
+            try:
+                self.api.apply(obj)
+            except ApiError as error:
+                # The Job of this attempt exists, made by another replica or version whose pod template
+                # differs (a Job's template is immutable): it is this attempt's Job, so keep it.
+                if not (error.status == 422 and obj["kind"] == "Job" and "field is immutable" in error.body):
+                    raise
 
     def stop(self, name: str, attempt: int) -> None:
         job = builders.job_name(self.owner.name, name, attempt)
         self.api.delete("Job", self.owner.namespace, job)
         self.api.delete("Service", self.owner.namespace, job)
+
+    def request_stop(self, name: str, attempt: int) -> None:
+        self.shared.ask_stop(self.owner.namespace, builders.label_value(self.owner.name), name, attempt)
 
     def start_serving(self, model: str, serving: ServingSpec) -> None:
         self.ensure_storage()

@@ -55,7 +55,7 @@ from typing import Any
 
 import kopf
 
-from conveyor.operator.api import GROUP, PLURAL, VERSION
+from conveyor.operator.api import GROUP, PLURAL, VERSION, rules
 from conveyor.operator.api.resource import ManifestError, parse
 from conveyor.operator.api.status import PipelineStatus
 from conveyor.operator.engine import active_workloads, reconcile
@@ -63,7 +63,13 @@ from conveyor.operator.executors.protocol import carry_out
 from conveyor.operator.kubernetes import builders, leader
 from conveyor.operator.kubernetes.executor import PATHS, Api, ApiError, KubernetesExecutor, owner_of
 from conveyor.operator.kubernetes.metrics import Metrics
-from conveyor.operator.kubernetes.statusserver import ProgressServer, ProgressStore, serve
+from conveyor.operator.kubernetes.statusserver import (
+    ProgressServer,
+    ProgressStore,
+    ProgressTLS,
+    progress_tls,
+    serve,
+)
 
 log = logging.getLogger("conveyor.operator")
 
@@ -79,6 +85,7 @@ class OperatorConfig:
     image_pull_policy: str | None = None
     progress_url: str | None = None  # what pods POST to; None: no progress endpoint
     progress_port: int = 8081
+    progress_tls_secret: str | None = None  # NAMESPACE/NAME of the progress CA (https progress_url)
     metrics_port: int | None = 8080
     health_port: int | None = 8082
     resync_seconds: float = 30.0  # a safety net: watches on Jobs, Pods and Deployments drive changes
@@ -145,6 +152,7 @@ class Controller:
     loop: asyncio.AbstractEventLoop | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     fence: Callable[[], bool] = _always  # whether this replica may still write (leader election)
+    tls: ProgressTLS | None = None  # the progress endpoint's (statusserver.progress_tls)
 
     def __post_init__(self) -> None:
         self.executor = KubernetesExecutor(
@@ -153,8 +161,10 @@ class Controller:
                 image=self.config.image,
                 image_pull_policy=self.config.image_pull_policy,
                 progress_url=self.config.progress_url,
+                progress_ca=self.tls.ca if self.tls is not None else None,
             ),
             self.store.lookup,
+            ask_stop=self.store.ask_stop,
         )
         self.api.on_error = lambda verb: self.metrics.api_errors.labels(verb).inc()
         self.store.notify = self.enqueue_threadsafe
@@ -330,6 +340,8 @@ class Controller:
         old_wire = body.get("status") or None
         try:
             pipeline = parse(body)
+            if rules.cluster_problems(pipeline.spec):
+                raise ManifestError(rules.cluster_problems(pipeline.spec))
         except ManifestError as error:
             invalid = {"phase": "Failed", "reason": "InvalidSpec", "message": str(error)[:4096]}
             if {k: (old_wire or {}).get(k) for k in invalid} != invalid:
@@ -413,8 +425,10 @@ def registry_for(controller: Controller) -> kopf.OperatorRegistry:
                 controller.store, review_token(controller.api), read_pod(controller.api),
                 accepting=lambda: controller.leading,
                 leader_endpoint=lambda: elector.peer if elector is not None else None,
+                trust=controller.tls.client if controller.tls is not None else None,
             )
-            runners.append(await serve(server, "0.0.0.0", config.progress_port))
+            tls = controller.tls.server if controller.tls is not None else None
+            runners.append(await serve(server, "0.0.0.0", config.progress_port, tls))
         if elector is None:
             controller.lead()
         else:
@@ -517,7 +531,12 @@ def read_pod(api: Api) -> Any:
 
 def run(config: OperatorConfig) -> None:
     """Run the operator until interrupted (what `conveyor operator` and the chart's Deployment do)."""
-    controller = Controller(Api(api_client(config.kubeconfig, config.workers + 8)), config)
+    api = Api(api_client(config.kubeconfig, config.workers + 8))
+    tls = None
+    if config.progress_url and config.progress_tls_secret:
+        advertised = config.leader_election.endpoint if config.leader_election else None
+        tls = progress_tls(api, config.progress_tls_secret, (config.progress_url, advertised))
+    controller = Controller(api, config, tls=tls)
     registry = registry_for(controller)
     kopf.run(
         registry=registry,

@@ -6,6 +6,15 @@ normalisation statistics on the train split only (per feature for tables, per ch
 applies them to every split, encodes labels as 0..k-1 (string classes too; names kept in order in
 the metadata) and writes `train/validation/test.npz` + `metadata.json` (see `artifacts`).
 
+Sources larger than memory stream. A file or image folder whose loaded size (`sources.in_memory_size`:
+rows x columns x 4 bytes for Parquet, the file size for CSV, images x 3 x side^2 x 4 for a folder) exceeds
+`CONVEYOR_IN_MEMORY_BYTES` (default 2 GiB; 0 streams every file source) is never loaded whole: one pass
+with pyarrow assigns each row to a split by a seeded hash of its row number, collects the classes and
+the train split's statistics, and writes `train/validation/test.parquet` (`metadata.json` says
+`storage: parquet`; see `conveyor.trainer.data.streaming`). On that path the split fractions and the
+stratification are approximate (each row is assigned independently; classes land in each split in
+proportion on average). Smaller sources take the exact, in-memory path above.
+
 The output is written once: a complete directory (its `metadata.json` exists) is left alone, so every
 trial and the evaluation see the very same split. It is assembled in a temporary sibling directory and
 renamed into place, so a crash never leaves a half-written dataset that looks complete.
@@ -18,6 +27,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +41,27 @@ from conveyor.trainer.artifacts import (
 )
 from conveyor.trainer.config import SplitSpec, TaskType, TrainerConfig
 from conveyor.trainer.data import DataError
-from conveyor.trainer.data.sources import RawDataset, load_source
+from conveyor.trainer.data.sources import RawDataset, in_memory_size, load_source, resolve_uri
 
 MIN_ROWS_PER_CLASS = 3  # one for each split when stratifying
 
 
 def is_complete(out: Path) -> bool:
-    return (out / METADATA_FILE).is_file() and all((out / f"{s}.npz").is_file() for s in SPLITS)
+    if not (out / METADATA_FILE).is_file():
+        return False
+    return any(all((out / f"{s}.{suffix}").is_file() for s in SPLITS) for suffix in ("npz", "parquet"))
 
 
 def prepare(config: TrainerConfig, out: Path) -> DatasetMetadata:
     """Write the prepared dataset to `out` unless it is already there; return its metadata."""
+    if config.data.entrypoint:  # the user's dataset: metadata only; every trial reads the data itself
+        from conveyor.trainer.data import datasets
+
+        return datasets.prepare(config, out)
     if is_complete(out):
         return read_metadata(out)
+    if should_stream(config):
+        return prepare_streaming(config, out)
     task = config.task.type
     raw = load_source(config.data, task)
     check_finite(raw)
@@ -80,9 +98,35 @@ def prepare(config: TrainerConfig, out: Path) -> DatasetMetadata:
 
 
 def load_split(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(x float32 [n, *feature_shape], y int64 classes | float32 targets) of one prepared split."""
+    """(x float32 [n, *feature_shape], y int64 classes | float32 targets) of one prepared split, whole
+    (a streamed split too: readers that must not hold it use `streaming`)."""
+    if not (data_dir / f"{split}.npz").is_file() and (data_dir / f"{split}.parquet").is_file():
+        from conveyor.trainer.data import streaming
+
+        return streaming.load_split(data_dir, split)
     with np.load(data_dir / f"{split}.npz") as arrays:
         return arrays["x"], arrays["y"]
+
+
+def should_stream(config: TrainerConfig) -> bool:
+    """Whether the source is larger than CONVEYOR_IN_MEMORY_BYTES (never for builtin sets)."""
+    from conveyor.trainer.data.streaming import in_memory_bytes
+
+    size = in_memory_size(config.data)
+    return size is not None and size > in_memory_bytes()
+
+
+def prepare_streaming(config: TrainerConfig, out: Path) -> DatasetMetadata:
+    """The one-pass path for sources larger than memory (`conveyor.trainer.data.streaming`)."""
+    from conveyor.trainer.data import streaming
+
+    def write(staging: Path) -> list[str]:
+        meta = streaming.prepare_streaming(config, resolve_uri(config.data.source), staging)
+        (staging / METADATA_FILE).write_text(meta.model_dump_json(indent=1))
+        return [f"{s}.parquet" for s in SPLITS]
+
+    publish(out, write)
+    return read_metadata(out)
 
 
 # --- checks and encoding ----------------------------------------------------------------------
@@ -206,16 +250,27 @@ def normalize(x: np.ndarray, stats: NormalizationStats, input_kind: str) -> np.n
 
 
 def write_dataset(out: Path, meta: DatasetMetadata, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    """Assemble the dataset in a temporary sibling and rename it into place (metadata written last)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    """Write the in-memory splits as `<split>.npz` and the metadata, through `publish`."""
+
+    def write(staging: Path) -> list[str]:
         for name, (x, y) in arrays.items():
             with (staging / f"{name}.npz").open("wb") as handle:
                 np.savez(handle, x=x, y=y)
                 handle.flush()
                 os.fsync(handle.fileno())
         (staging / METADATA_FILE).write_text(meta.model_dump_json(indent=1))
+        return [f"{s}.npz" for s in SPLITS]
+
+    publish(out, write)
+
+
+def publish(out: Path, write: Callable[[Path], list[str]]) -> None:
+    """Assemble the dataset in a temporary sibling (`write` fills it and names its split files) and
+    rename it into place, metadata last."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        files = write(staging)
         try:
             os.rename(staging, out)  # replaces `out` only if it is an empty directory
         except OSError:
@@ -223,7 +278,7 @@ def write_dataset(out: Path, meta: DatasetMetadata, arrays: dict[str, tuple[np.n
                 return
             # `out` is a non-empty or mounted directory: move the files in, metadata last.
             out.mkdir(parents=True, exist_ok=True)
-            for name in (*[f"{s}.npz" for s in SPLITS], METADATA_FILE):
+            for name in (*files, METADATA_FILE):
                 os.replace(staging / name, out / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -242,8 +297,10 @@ def run(args: argparse.Namespace) -> int:
     from conveyor.trainer.progress import main_print, write_result
 
     config = load_config(args.config)
+    preflight_check(config, args.out, None)  # the first workload: the user's code, before any trial
     done = is_complete(args.out)
     meta = prepare(config, args.out)
+    preflight_check(config, args.out, meta)
     state = "already prepared" if done else "prepared"
     main_print(
         f"{args.out}: {state} {meta.source} ({meta.task}, shape {meta.feature_shape}, sizes {meta.sizes})"
@@ -252,3 +309,19 @@ def run(args: argparse.Namespace) -> int:
     # a Job that completes without one counts as failed).
     write_result(args.out, {"status": "succeeded", "task": meta.task, "sizes": dict(meta.sizes)})
     return 0
+
+
+def preflight_check(config: TrainerConfig, out: Path, meta: DatasetMetadata | None) -> None:
+    """`conveyor.trainer.preflight.check`, its failure also written as this workload's result. With
+    `meta`: only a user model on a built-in source, whose shape is known once prepared."""
+    from conveyor.trainer import preflight
+    from conveyor.trainer.config import ConfigError
+    from conveyor.trainer.progress import write_result
+
+    if meta is not None and not (config.model.entrypoint and not config.data.entrypoint):
+        return
+    try:
+        preflight.check(config, meta)
+    except (ConfigError, DataError) as error:
+        write_result(out, {"status": "failed", "reason": "InvalidConfig", "message": str(error)[:2000]})
+        raise

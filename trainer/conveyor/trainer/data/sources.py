@@ -15,6 +15,8 @@ strings; `prepare` encodes them). Sources:
   Kubernetes: `data.credentialsSecret`).
 - A class-per-folder image tree (`root/<class>/<image>.png|jpg|...`), resized to `data.imageSize`
   (default 32) and scaled to [0, 1]; grayscale when every image is, RGB otherwise.
+- Files and folders larger than `CONVEYOR_IN_MEMORY_BYTES` by `in_memory_size` are not loaded here:
+  `prepare` streams them (`conveyor.trainer.data.streaming`).
 - `pvc://NAME/PATH`: a PersistentVolumeClaim, read at `$CONVEYOR_PVC_ROOT/NAME/PATH` (default root
   `/mnt/pvc`). On Kubernetes the prepare pod mounts claim NAME read-only there and sets the variable;
   for `conveyor run`, export CONVEYOR_PVC_ROOT to a directory that holds NAME/.
@@ -172,7 +174,8 @@ def resolve_uri(source: str) -> str:
     return source
 
 
-def load_uri(uri: str, spec: DataSpec) -> RawDataset:
+def open_uri(uri: str) -> tuple[Any, str, bool]:
+    """(filesystem, path, is a folder) of a file or folder source that exists and can be read."""
     import fsspec
 
     try:
@@ -183,13 +186,41 @@ def load_uri(uri: str, spec: DataSpec) -> RawDataset:
         raise DataError(f"cannot open {uri!r}: {error}") from error
     if not exists:
         raise DataError(f"data source {uri!r} does not exist; check data.source (and the volume mount)")
-    if is_dir:
-        return load_image_folder(fs, path, spec.image_size or DEFAULT_IMAGE_SIZE, uri)
-    lower = path.lower()
-    if not lower.endswith(TABLE_SUFFIXES):
+    if not is_dir and not path.lower().endswith(TABLE_SUFFIXES):
         raise DataError(
             f"{uri!r} is neither a CSV/Parquet file ({', '.join(TABLE_SUFFIXES)}) nor a folder of images"
         )
+    return fs, path, is_dir
+
+
+def in_memory_size(spec: DataSpec) -> int | None:
+    """About how many bytes the source takes loaded (None for builtin sets, which always fit): rows x
+    columns x 4 for Parquet (from its footer), the file size for CSV, images x 3 x side^2 x 4 for a
+    folder (listed, not opened)."""
+    if spec.source.startswith("builtin://"):
+        return None
+    uri = resolve_uri(spec.source)
+    fs, path, is_dir = open_uri(uri)
+    if is_dir:
+        side = spec.image_size or DEFAULT_IMAGE_SIZE
+        return len(image_files(fs, path, uri)[1]) * 3 * side * side * 4
+    if path.lower().endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+
+        try:
+            with fs.open(path, "rb") as handle:
+                metadata = pq.ParquetFile(handle).metadata
+        except Exception as error:  # pyarrow raises several kinds for a file that is not Parquet
+            raise DataError(f"{uri!r} could not be parsed as a table: {error}") from error
+        return int(metadata.num_rows) * int(metadata.num_columns) * 4
+    return int(fs.size(path))
+
+
+def load_uri(uri: str, spec: DataSpec) -> RawDataset:
+    fs, path, is_dir = open_uri(uri)
+    if is_dir:
+        return load_image_folder(fs, path, spec.image_size or DEFAULT_IMAGE_SIZE, uri)
+    lower = path.lower()
     with fs.open(path, "rb") as handle:
         raw = handle.read()
     if not raw.strip():
@@ -249,9 +280,8 @@ def table_dataset(frame: Any, target: str, uri: str) -> RawDataset:
     )
 
 
-def load_image_folder(fs: Any, root: str, size: int, uri: str) -> RawDataset:
-    from PIL import Image
-
+def image_files(fs: Any, root: str, uri: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """The class names (sorted sub-folders) and the (path, class index) of every image, in order."""
     classes = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False) if fs.isdir(p))
     files: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
@@ -264,6 +294,13 @@ def load_image_folder(fs: Any, root: str, size: int, uri: str) -> RawDataset:
             f"{'/'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)} files "
             "(or point data.source at a CSV/Parquet file)"
         )
+    return classes, files
+
+
+def load_image_folder(fs: Any, root: str, size: int, uri: str) -> RawDataset:
+    from PIL import Image
+
+    classes, files = image_files(fs, root, uri)
     images = []
     for path, _ in files:
         with fs.open(path, "rb") as handle:

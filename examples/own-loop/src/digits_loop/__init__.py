@@ -1,0 +1,1 @@
+"""An own training loop over Conveyor's prepared digits (examples/own-loop)."""

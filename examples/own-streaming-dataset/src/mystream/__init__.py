@@ -1,0 +1,1 @@
+"""The dataset of the own-streaming-dataset example: `mystream.shards:load` is its data.entrypoint."""

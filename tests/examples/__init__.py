@@ -1,0 +1,1 @@
+"""The examples/ projects, run as a user would run them."""
