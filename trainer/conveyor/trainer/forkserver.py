@@ -36,8 +36,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # What training and preparing import, including what they pull in lazily (torch.distributed for the
-# process group, torch._dynamo for the optimizers, torch.export for the saved program). Not evaluation and ensembles (once per pipeline):
-# their imports (pandas, pyarrow) start threads, and a process that forks must have none.
+# process group, torch._dynamo for the optimizers, torch.export for the saved program). Not evaluation
+# and ensembles (once per pipeline): their imports (pandas, pyarrow) start threads, and a process that
+# forks must have none.
 PRELOAD = (
     "torch",
     "torch.distributed",
