@@ -11,8 +11,9 @@ evaluation, the gate, ensembles and serving work on your model as on Conveyor's 
         lr = config["optimizer"]["learningRate"]            # the trial's value, already applied
         for step in range(config["training"]["maxSteps"]):
             ...
-            if not sdk.report(step, {"accuracy": acc, "loss": val_loss}) or sdk.should_stop():
-                break                       # pruned: leave (every rank gets the same answer)
+            sdk.report(step, {"accuracy": acc, "loss": val_loss})
+            if sdk.should_stop():           # pruned: every rank gets the same answer and leaves
+                break                       # (call it on every rank: it is a collective under DDP)
         sdk.save_model(model, example_batch)
 
 Standard library only at import, so importing it costs nothing and loads neither torch nor pydantic;
