@@ -18,7 +18,7 @@ from conveyor.trainer.artifacts import EXPORT_FILE, WEIGHTS_FILE, ModelCard
 from conveyor.trainer.config import ModelSpec, TrainerConfig
 from conveyor.trainer.ensemble import build
 from conveyor.trainer.evaluate import evaluate
-from conveyor.trainer.export import export_model, load_exported
+from conveyor.trainer.export import ExportedGraph, export_model, load_exported
 from conveyor.trainer.models import TargetScale, build_model
 from conveyor.trainer.predictor import ModelPredictor, load_predictor
 from conveyor.trainer.train import train
@@ -42,12 +42,14 @@ def exported_matches_eager(model: nn.Module, shape: list[int], example_rows: int
     example = torch.randn(example_rows, *shape)
     path = export_model(model, example, tmp_path)
     assert path == tmp_path / EXPORT_FILE and path.is_file()
-    exported = load_exported(tmp_path)
+    exported, graph = load_exported(tmp_path), load_exported(tmp_path, check_inputs=False)
+    assert isinstance(graph, ExportedGraph)  # what the predictor runs: the graph called directly
     model.eval()
     with torch.no_grad():
         for rows in (5, 1):  # neither is the size it was traced with (example_rows, or 2 for one row)
             x = torch.randn(rows, *shape)
             torch.testing.assert_close(exported(x), model(x), atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(graph(x), model(x), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -225,7 +227,7 @@ def eager_probabilities(model: nn.Module, x: np.ndarray) -> np.ndarray:
 def test_exported_only_directory_predicts_like_the_model(exported_run: tuple[Path, list[nn.Module]]) -> None:
     root, models = exported_run
     predictor = load_predictor(root / "trials" / "u0")
-    assert isinstance(predictor, ModelPredictor) and isinstance(predictor.module, torch.fx.GraphModule)
+    assert isinstance(predictor, ModelPredictor) and isinstance(predictor.module, ExportedGraph)
     x, y = load_split(root / "data", "test")
     np.testing.assert_allclose(predictor.predict(x), eager_probabilities(models[0], x), atol=1e-5)
     assert predictor.predict(x[:1]).shape == (1, 10)
@@ -317,12 +319,12 @@ def test_predictor_rebuilds_when_it_can_and_runs_the_program_otherwise(tmp_path:
     module.load_state_dict(torch.load(model_dir / WEIGHTS_FILE, weights_only=True))
     export_model(module, torch.zeros(2, 64), model_dir)
     rebuilt = load_predictor(model_dir)
-    assert not isinstance(rebuilt.module, torch.fx.GraphModule)  # type: ignore[attr-defined]
+    assert not isinstance(rebuilt.module, ExportedGraph)  # type: ignore[attr-defined]
     quantized = load_predictor(model_dir, quantization="int8")
     assert "DynamicQuantizedLinear" in repr(quantized.module)  # type: ignore[attr-defined]
     (model_dir / WEIGHTS_FILE).unlink()
     exported = load_predictor(model_dir)
-    assert isinstance(exported.module, torch.fx.GraphModule)  # type: ignore[attr-defined]
+    assert isinstance(exported.module, ExportedGraph)  # type: ignore[attr-defined]
     x, _ = load_split(data, "test")
     np.testing.assert_allclose(exported.predict(x), rebuilt.predict(x), atol=1e-6)
 
@@ -341,7 +343,7 @@ def test_a_user_loops_own_network_is_served_from_its_program(tmp_path: Path) -> 
     with pytest.raises(ValueError, match=r"cannot be rebuilt here"):
         load_predictor(model_dir)
     export_model(module, torch.zeros(2, 64), model_dir)
-    assert isinstance(load_predictor(model_dir).module, torch.fx.GraphModule)  # type: ignore[attr-defined]
+    assert isinstance(load_predictor(model_dir).module, ExportedGraph)  # type: ignore[attr-defined]
 
 
 def test_a_directory_without_weights_or_program_says_so(tmp_path: Path) -> None:

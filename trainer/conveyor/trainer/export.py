@@ -84,16 +84,59 @@ def load_exported(
 ) -> nn.Module:
     """The exported program of `model_dir` as a callable module on `device`.
 
-    `check_inputs=False` drops torch.export's per-call checks of the input's structure and shape
-    (~60 us of CPU a call): for callers that validate inputs themselves, as the predictor does.
+    With `check_inputs` (the default) it is torch's own `ExportedProgram.module()`, which checks each
+    input's structure and shape. `check_inputs=False` is for callers that validate inputs themselves,
+    as the predictor does: the graph is then called directly (`ExportedGraph`), without those checks
+    (~60 us of CPU a call) or the rest of that module's per-call machinery.
     """
     program = torch.export.load(Path(model_dir) / EXPORT_FILE)
     target = torch.device(device)
     if target.type != "cpu":
         program = move_to_device_pass(program, target)
+    if not check_inputs:
+        with contextlib.suppress(ValueError):
+            return ExportedGraph(program)
     module = program.module(check_guards=check_inputs)
     module.validate_inputs = check_inputs  # type: ignore[assignment]  # torch's attribute, untyped
     return module
+
+
+class ExportedGraph(nn.Module):
+    """An exported program's graph called as a plain function: one tensor in, its output out.
+
+    `ExportedProgram.module()` flattens inputs and outputs with pytree, runs forward hooks and guard
+    checks on every call; here the lifted parameters and buffers are passed straight to the graph,
+    whose ATen calls then cost less than the eager module's per-layer `nn.Module` dispatch (measured in
+    benchmarks/RESULTS.md, "serving an exported model"). Raises ValueError for a program that is not
+    one tensor in and one out (the predictor's contract), so the caller can fall back."""
+
+    def __init__(self, program: torch.export.ExportedProgram) -> None:
+        from torch.export.graph_signature import InputKind, OutputKind
+
+        super().__init__()
+        signature = program.graph_signature
+        inputs = [i for i, spec in enumerate(signature.input_specs) if spec.kind == InputKind.USER_INPUT]
+        outputs = [i for i, spec in enumerate(signature.output_specs) if spec.kind == OutputKind.USER_OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(f"{len(inputs)} inputs and {len(outputs)} outputs, not one of each")
+        lifted: list[torch.Tensor | None] = []
+        for spec in signature.input_specs:
+            if spec.kind == InputKind.USER_INPUT:
+                lifted.append(None)
+            elif spec.target in program.state_dict:
+                lifted.append(program.state_dict[spec.target])
+            elif spec.target in program.constants:
+                lifted.append(program.constants[spec.target])
+            else:
+                raise ValueError(f"input {spec.target!r} of kind {spec.kind.name} is not a tensor it holds")
+        self.graph = program.graph_module
+        self.lifted, self.slot, self.output = lifted, inputs[0], outputs[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        arguments = list(self.lifted)
+        arguments[self.slot] = x
+        result: torch.Tensor = self.graph(*arguments)[self.output]
+        return result
 
 
 def unwrap(model: nn.Module) -> nn.Module:
