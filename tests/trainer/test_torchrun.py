@@ -85,14 +85,8 @@ def test_killed_worker_resumes_from_the_last_checkpoint(digits: Path, tmp_path: 
         if run.poll() is None:  # the agent and its workers: the session this test started
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
-    # torch 2.15's gloo now and then aborts a rank while the interpreter exits, after rank 0 wrote the
-    # result ("terminate called without an active exception"); torchrun then fails the run. The engine
-    # keeps such a result (engine/absorb.py); here too only that abort may follow a finished result.
-    result_file = tmp_path / "result.json"
-    teardown_abort = "terminate called without an active exception" in stderr and (
-        result_file.exists() and json.loads(result_file.read_text())["status"] == "succeeded"
-    )
-    assert run.returncode == 0 or teardown_abort, stderr[-3000:]
+    # every rank leaves without the interpreter teardown where gloo now and then aborts (process_exit)
+    assert run.returncode == 0, stderr[-3000:]
     resumed = re.findall(r"resumed from \S+ after epoch (\d+)", stderr)
     assert len(resumed) == 1, stderr[-3000:]
     assert '"status":"failed"' not in stdout  # the first attempt's failure is not reported as final

@@ -25,6 +25,7 @@ from conveyor.trainer import progress
 from conveyor.trainer.__main__ import main
 from conveyor.trainer.artifacts import CARD_FILE
 from conveyor.trainer.user_loop import (
+    GLOO_TEARDOWN_ABORT,
     finished_before_teardown_abort,
     result_from_reports,
     torchrun_argv,
@@ -99,10 +100,13 @@ def test_torchrun_argv_runs_the_program_with_this_interpreter() -> None:
         "--standalone",
         "--no-python",
         sys.executable,
+        "-m",
+        "conveyor.trainer.python_program",
         "train.py",
         "--lr",
         "0.1",
     ]
+    assert torchrun_argv(["python", "-u", "train.py"], {})[5:] == [sys.executable, "-u", "train.py"]
     executor_env = {"PET_MASTER_PORT": "29400", "PET_RDZV_ENDPOINT": "node0:29400"}
     assert torchrun_argv(["./run.sh"], executor_env)[3:] == ["--no-python", "./run.sh"]
 
@@ -134,6 +138,40 @@ def test_only_gloos_teardown_abort_after_the_model_was_saved_counts_as_finished(
     assert finished_before_teardown_abort(aborted, tmp_path)
     assert not finished_before_teardown_abort(crashed, tmp_path)
     assert not finished_before_teardown_abort(report, tmp_path)  # another signal, not the abort
+
+
+@pytest.mark.parametrize(
+    ("ending", "status"),
+    [
+        ("sys.stderr.write(ABORT + '\\n'); sys.stderr.flush(); os.abort()", 0),
+        ("raise RuntimeError('boom')", 1),
+    ],
+)
+def test_a_worker_node_ignores_only_gloos_teardown_abort(tmp_path: Path, ending: str, status: int) -> None:
+    """A node other than rank 0's cannot see the model, and rank 0's node judges the run: there only
+    the abort itself is forgiven, an error of the program's own is not."""
+    program = f"import os, sys; ABORT = {GLOO_TEARDOWN_ABORT!r}; {ending}"
+    command = [
+        sys.executable,
+        "-m",
+        "conveyor.trainer",
+        "command",
+        "--config",
+        as_json(config()),
+        "--data",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "model"),
+        "--",
+        "python",
+        "-c",
+        program,
+    ]
+    ran = subprocess.run(
+        command, env=child_env(PET_NODE_RANK="1"), cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == status, ran.stderr[-2000:]
+    assert progress.read_result(tmp_path / "model") is None  # only rank 0's node writes the result
 
 
 def user_module(tmp_path: Path, name: str, body: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from types import ModuleType
 
@@ -66,4 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a rank under torchrun: see process_exit
+        from conveyor.trainer.process_exit import exit_without_teardown
+
+        exit_without_teardown(status)
+    sys.exit(status)

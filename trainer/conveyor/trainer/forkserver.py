@@ -35,6 +35,8 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from conveyor.trainer.process_exit import exit_status, exit_without_teardown
+
 # What training and preparing import, including what they pull in lazily (torch.distributed for the
 # process group, torch._dynamo for the optimizers, torch.export for the saved program). Not evaluation
 # and ensembles (once per pipeline): their imports (pandas, pyarrow) start threads, and a process that
@@ -94,32 +96,7 @@ def child_main(request: Mapping[str, Any], closing: Sequence[int]) -> int:
         int(threads) if threads.isdigit() and int(threads) > 0 else len(os.sched_getaffinity(0))
     )
     sys.argv = [request["module"], *request["args"]]
-    try:
-        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
-        code: Any = 0
-    except SystemExit as done:
-        code = done.code
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    if code is None:
-        code = 0
-    elif not isinstance(code, int):
-        print(code, file=sys.stderr)
-        code = 1
-    return code
-
-
-def finish(code: int) -> None:
-    """Leave the child as an interpreter would: exit handlers, flushed streams, then the status."""
-    import atexit
-
-    try:
-        atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
-    finally:
-        os._exit(code & 0xFF)
+    return exit_status(lambda: runpy.run_module(request["module"], run_name="__main__", alter_sys=True))
 
 
 def fork_child(request: Mapping[str, Any], server: int, closing: Sequence[int]) -> int:
@@ -132,7 +109,7 @@ def fork_child(request: Mapping[str, Any], server: int, closing: Sequence[int]) 
         except BaseException:
             with contextlib.suppress(BaseException):
                 traceback.print_exc()
-        finish(code)
+        exit_without_teardown(code)
     return pid
 
 

@@ -19,7 +19,8 @@ L3, the `command` stage: each worker runs, *not* under torchrun::
     python -m conveyor.trainer command --config C --data D --out O -- python train.py --lr 0.01
 
 which sets the same environment and starts `python -m torch.distributed.run --no-python <argv>` in
-`$CONVEYOR_CODE` (torchrun takes nodes, node rank, processes and rendezvous from the `PET_*`
+`$CONVEYOR_CODE` (`python script.py` / `python -m module` through `python_program`, so that a rank
+leaves without the teardown where gloo now and then aborts; torchrun takes nodes, node rank, processes and rendezvous from the `PET_*`
 environment the executors set; without any, a single-node `--standalone` run), relays signals to it,
 tees its stderr to keep the last lines for a failure message, and exits with its status. Only node
 rank 0 writes the result, after torchrun exited 0 everywhere it matters: that node's processes
@@ -46,7 +47,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from conveyor.sdk import env
-from conveyor.trainer import progress
+from conveyor.trainer import progress, python_program
 from conveyor.trainer.artifacts import CARD_FILE
 from conveyor.trainer.config import EXIT_INVALID_INPUT, ConfigError, TrainerConfig, load_config
 from conveyor.trainer.usercode import TRACEBACK_LINES, entrypoint, last_lines
@@ -181,8 +182,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def torchrun_argv(argv: list[str], environ: Any = os.environ) -> list[str]:
     """`python -m torch.distributed.run --no-python <argv>`; `python`/`python3` become this interpreter
-    (the one with torch and conveyor), and with no rendezvous in the environment a standalone run."""
-    program = [sys.executable if argv[0] in ("python", "python3") else argv[0], *argv[1:]]
+    (the one with torch and conveyor), running a script or module through `python_program`, and with
+    no rendezvous in the environment a standalone run."""
+    program = python_program.wrapped(argv) or [
+        sys.executable if argv[0] in python_program.PYTHONS else argv[0],
+        *argv[1:],
+    ]
     standalone = (
         [] if environ.get("PET_RDZV_ENDPOINT") or environ.get("PET_MASTER_PORT") else ["--standalone"]
     )
@@ -247,8 +252,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if node_rank() != 0:
-        return status
+    if node_rank() != 0:  # rank 0's node judges the run; its model is not on this node to check
+        return 0 if status != 0 and only_teardown_abort(list(tail)) else status
     if status != 0 and finished_before_teardown_abort(list(tail), args.out):
         print(
             f"warning: training.command exited with status {status} from gloo's known abort at interpreter "
@@ -267,14 +272,15 @@ def run(args: argparse.Namespace) -> int:
 
 def finished_before_teardown_abort(lines: list[str], out_dir: Path) -> bool:
     """torch's gloo backend now and then aborts a process at interpreter teardown, after all its work
-    ("terminate called without an active exception"), and torchrun then fails the run. It counts as
-    finished when that abort is the only error and the program already saved its model."""
+    ("terminate called without an active exception"; see process_exit), and torchrun then fails the
+    run. It counts as finished when that abort is the only error and the program already saved its model."""
+    return only_teardown_abort(lines) and (out_dir / CARD_FILE).is_file()
+
+
+def only_teardown_abort(lines: list[str]) -> bool:
+    """The command's only error is gloo's teardown abort: no Python traceback of its own."""
     text = "\n".join(before_torchrun_report(lines))  # torchrun's report has a traceback of its own
-    return (
-        GLOO_TEARDOWN_ABORT in text
-        and "Traceback (most recent call last)" not in text
-        and (out_dir / CARD_FILE).is_file()
-    )
+    return GLOO_TEARDOWN_ABORT in text and "Traceback (most recent call last)" not in text
 
 
 def node_rank() -> int:
