@@ -20,11 +20,11 @@ L3, the `command` stage: each worker runs, *not* under torchrun::
 
 which sets the same environment and starts `python -m torch.distributed.run --no-python <argv>` in
 `$CONVEYOR_CODE` (`python script.py` / `python -m module` through `python_program`, so that a rank
-leaves without the teardown where gloo now and then aborts; torchrun takes nodes, node rank, processes and rendezvous from the `PET_*`
-environment the executors set; without any, a single-node `--standalone` run), relays signals to it,
-tees its stderr to keep the last lines for a failure message, and exits with its status. Only node
-rank 0 writes the result, after torchrun exited 0 everywhere it matters: that node's processes
-include rank 0, the one that reports.
+leaves without the teardown where gloo now and then aborts; torchrun takes nodes, node rank,
+processes and rendezvous from the `PET_*` environment the executors set; without any, a single-node
+`--standalone` run), relays signals to it, tees its stderr to keep the last lines for a failure
+message, and exits with its status. Only node rank 0 writes the result, after torchrun exited 0
+everywhere it matters: that node's processes include rank 0, the one that reports.
 
 Resuming is the user's: `conveyor.sdk.checkpoint_dir()` is in OUT, which a retry of the workload
 reuses, so a loop that loads its last checkpoint on start continues, and its earlier reports still
