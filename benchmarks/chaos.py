@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.helpers import chaos  # noqa: E402  (the test bed's helpers, from the repository root)
-from tests.helpers.operator_bed import CHART, namespace_with_artifacts, sa_kubeconfig, sh  # noqa: E402
+from tests.helpers.operator_bed import cluster_with_chart, namespace_with_artifacts  # noqa: E402
 
 from conveyor.devcluster.pytest_plugin import wait_for  # noqa: E402
 
@@ -83,26 +82,7 @@ def main() -> int:
 def measure(plan: chaos.Plan) -> chaos.Report:
     from kubernetes import client
 
-    from conveyor.devcluster.cluster import Cluster, ClusterConfig, default_bin_dir
-
-    state = Path(tempfile.mkdtemp(prefix="conveyor-chaos-"))
-    bin_dir = default_bin_dir()
-    with Cluster(ClusterConfig(state_dir=state, bin_dir=bin_dir, owner_pid=os.getpid())) as cluster:
-        kubeconfig, kubectl, helm = cluster.kubeconfig, str(bin_dir / "kubectl"), str(bin_dir / "helm")
-        sh(
-            helm,
-            "--kubeconfig",
-            str(kubeconfig),
-            "install",
-            "conveyor",
-            str(CHART),
-            "-n",
-            RELEASE,
-            "--create-namespace",
-            "--set",
-            "replicaCount=0",
-        )
-        token = sa_kubeconfig(kubeconfig, kubectl, RELEASE, state / "sa.kubeconfig")
+    with cluster_with_chart("conveyor-chaos-", RELEASE) as (cluster, state, token):
         namespace = namespace_with_artifacts(client.CoreV1Api(cluster.api()), f"chaos-{uuid.uuid4().hex[:5]}")
         print(f"cluster up in {cluster.startup_seconds:.1f} s; logs in {state}", flush=True)
         return chaos.run(

@@ -29,7 +29,6 @@ import os
 import signal
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -40,17 +39,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.helpers.operator_bed import (  # noqa: E402  (the test bed's helpers, from the repository root)
-    CHART,
     SIM_DELAY,
     SIM_EXIT,
     SIM_MESSAGE,
     OperatorProcess,
-    free_port,
-    leader_election_args,
+    cluster_with_chart,
     namespace_with_artifacts,
     pipeline_manifest,
-    sa_kubeconfig,
-    sh,
+    start_replica,
     trial_result,
 )
 
@@ -129,25 +125,7 @@ def main() -> int:
 def measure(args: argparse.Namespace, spawned: list[OperatorProcess]) -> int:
     from kubernetes import client
 
-    from conveyor.devcluster.cluster import Cluster, ClusterConfig, default_bin_dir
-
-    state = Path(tempfile.mkdtemp(prefix="conveyor-failover-"))
-    bin_dir = default_bin_dir()
-    with Cluster(ClusterConfig(state_dir=state, bin_dir=bin_dir, owner_pid=os.getpid())) as cluster:
-        kubeconfig, kubectl, helm = cluster.kubeconfig, str(bin_dir / "kubectl"), str(bin_dir / "helm")
-        base = [helm, "--kubeconfig", str(kubeconfig)]
-        sh(
-            *base,
-            "install",
-            "conveyor",
-            str(CHART),
-            "-n",
-            RELEASE,
-            "--create-namespace",
-            "--set",
-            "replicaCount=0",
-        )
-        token = sa_kubeconfig(kubeconfig, kubectl, RELEASE, state / "sa.kubeconfig")
+    with cluster_with_chart("conveyor-failover-", RELEASE) as (cluster, state, token):
         api = cluster.api()
         core: Any = client.CoreV1Api(api)
         custom: Any = client.CustomObjectsApi(api)
@@ -158,9 +136,9 @@ def measure(args: argparse.Namespace, spawned: list[OperatorProcess]) -> int:
 
         def replica() -> OperatorProcess:
             name = f"r{next(serial)}"
-            extra = [*leader_election_args(RELEASE, name, args.lease), *timings, "--workers", "16"]
-            process = OperatorProcess(token, ns, state, name, extra, metrics_port=free_port())
-            process.start()
+            process = start_replica(
+                token, ns, state, RELEASE, name, args.lease, [*timings, "--workers", "16"]
+            )
             spawned.append(process)
             return process
 

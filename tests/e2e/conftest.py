@@ -1,5 +1,6 @@
 """Fixtures of the operator e2e tests: the chart installed once per module (operator replicas 0), a
-namespace enforcing PodSecurity `restricted` with an artifacts claim, and the operator running against it."""
+namespace enforcing PodSecurity `restricted` with an artifacts claim, the operator running against it,
+and `kube`, the test bed's `Cluster` on that namespace."""
 
 from __future__ import annotations
 
@@ -10,28 +11,13 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.operator_bed import CHART, OperatorProcess, running_operator, sh
+from tests.helpers.operator_bed import Cluster, OperatorProcess, install_chart, running_operator, sh
 
 
 @pytest.fixture(scope="module")
 def release(devcluster: Any, helm: str, kubectl: str, kubeconfig: Path) -> Iterator[str]:
     namespace = f"conveyor-system-{uuid.uuid4().hex[:5]}"
-    sh(
-        helm,
-        "--kubeconfig",
-        str(kubeconfig),
-        "install",
-        "conveyor",
-        str(CHART),
-        "--namespace",
-        namespace,
-        "--create-namespace",
-        "--set",
-        "replicaCount=0",
-        "--wait",
-        "--timeout",
-        "120s",
-    )
+    install_chart(helm, kubeconfig, namespace, "--wait", "--timeout", "120s")
     try:
         yield namespace
     finally:
@@ -80,6 +66,12 @@ def restricted(namespace: str, kubectl: str, kubeconfig: Path, k8s_api: Any) -> 
         },
     )
     return namespace
+
+
+@pytest.fixture
+def kube(restricted: str, k8s_api: Any, kubectl: str, kubeconfig: Path, wait_for: Any) -> Cluster:
+    """The test's side of the `restricted` namespace: read pipelines, play the trainer, run kubectl."""
+    return Cluster(k8s_api, restricted, wait_for, kubectl, kubeconfig)
 
 
 @pytest.fixture

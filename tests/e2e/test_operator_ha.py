@@ -22,12 +22,10 @@ from tests.helpers.operator_bed import (
     TLS_SECRET,
     Cluster,
     OperatorProcess,
-    apply,
-    free_port,
-    leader_election_args,
     pipeline_manifest,
     post_epoch,
     sa_kubeconfig,
+    start_replica,
     trial_result,
 )
 
@@ -39,20 +37,10 @@ def replicas(
     release: str, restricted: str, kubeconfig: Path, kubectl: str, tmp_path: Path
 ) -> Iterator[dict[str, OperatorProcess]]:
     token = sa_kubeconfig(kubeconfig, kubectl, release, tmp_path / "sa.kubeconfig")
+    tls = f"{release}/{TLS_SECRET}"  # both replicas: certificates of the one CA
     made = {
-        name: OperatorProcess(
-            token,
-            restricted,
-            tmp_path,
-            name,
-            leader_election_args(release, name),
-            metrics_port=free_port(),
-            tls_secret=f"{release}/{TLS_SECRET}",  # both replicas: certificates of the one CA
-        )
-        for name in ("a", "b")
+        name: start_replica(token, restricted, tmp_path, release, name, tls_secret=tls) for name in ("a", "b")
     }
-    for process in made.values():
-        process.start()
     try:
         yield made
     finally:
@@ -62,7 +50,7 @@ def replicas(
 
 
 def lease_holder(k8s_api: Any, release: str) -> str:
-    lease = client.CoordinationV1Api(k8s_api).read_namespaced_lease("conveyor", release)
+    lease: Any = client.CoordinationV1Api(k8s_api).read_namespaced_lease("conveyor", release)
     return str(lease.spec.holder_identity or "")
 
 
@@ -75,28 +63,21 @@ def leader_and_standby(
 
 
 def lease_annotations(k8s_api: Any, release: str) -> dict[str, str]:
-    lease = client.CoordinationV1Api(k8s_api).read_namespaced_lease("conveyor", release)
+    lease: Any = client.CoordinationV1Api(k8s_api).read_namespaced_lease("conveyor", release)
     return dict(lease.metadata.annotations or {})
 
 
 def test_the_standby_forwards_epoch_events_to_the_leader(
-    replicas: dict[str, OperatorProcess],
-    release: str,
-    restricted: str,
-    k8s_api: Any,
-    kubectl: str,
-    kubeconfig: Path,
-    wait_for: Callable[..., Any],
+    replicas: dict[str, OperatorProcess], release: str, k8s_api: Any, kube: Cluster
 ) -> None:
     """The progress Service may send a pod's POST to either replica: the standby passes it on to the
     endpoint on the Lease, the leader authenticates it (TokenReview) and keeps the epoch."""
-    ns = restricted
-    kube = Cluster(k8s_api, ns, wait_for)
-    leader, standby = leader_and_standby(replicas, k8s_api, release, wait_for)
+    ns = kube.namespace
+    leader, standby = leader_and_standby(replicas, k8s_api, release, kube.wait_for)
     advertised = f"https://127.0.0.1:{leader.progress_port}"
     ca = leader.ca()
     assert standby.ca() == ca  # one CA: whichever replica created the Secret, the other read it
-    wait_for(
+    kube.wait_for(
         lambda: lease_annotations(k8s_api, release).get("conveyor.dev/progress-endpoint") == advertised,
         TIMEOUT,
         "the leader's progress endpoint on the Lease",
@@ -104,14 +85,13 @@ def test_the_standby_forwards_epoch_events_to_the_leader(
     manifest = pipeline_manifest("fwd", ns, ensemble=None, serving=None)
     manifest["spec"]["tuning"].update({"trials": 1, "parallelism": 1})
     manifest["spec"]["training"]["epochs"] = 5
-    created = apply(kubectl, kubeconfig, manifest)
-    assert created.returncode == 0, created.stderr
+    kube.apply(manifest)
     kube.finish(kube.current_job("fwd", "prepare"), 1, {"status": "succeeded"})
-    token = kube.progress_token(kube.current_job("fwd", "trial-0000"), kubectl, kubeconfig)
+    token = kube.progress_token(kube.current_job("fwd", "trial-0000"))
 
     event = {"event": "epoch", "epoch": 1, "epochs": 5, "metrics": {"accuracy": 0.91}}
     # 503 only until the standby has read the Lease since the leader advertised (one retry period)
-    answer = wait_for(
+    answer = kube.wait_for(
         lambda: (lambda code: code if code != 503 else None)(
             post_epoch(standby.progress_port, token, event, ca=ca)
         ),
@@ -130,26 +110,18 @@ def test_the_standby_forwards_epoch_events_to_the_leader(
 
 
 def test_standby_takes_over_from_a_killed_leader_mid_sweep(
-    replicas: dict[str, OperatorProcess],
-    release: str,
-    restricted: str,
-    k8s_api: Any,
-    kubectl: str,
-    kubeconfig: Path,
-    wait_for: Callable[..., Any],
+    replicas: dict[str, OperatorProcess], release: str, k8s_api: Any, kube: Cluster
 ) -> None:
-    ns = restricted
-    kube = Cluster(k8s_api, ns, wait_for)
-    leader, standby = leader_and_standby(replicas, k8s_api, release, wait_for)
-    created = apply(kubectl, kubeconfig, pipeline_manifest("ha", ns))
-    assert created.returncode == 0, created.stderr
+    ns = kube.namespace
+    leader, standby = leader_and_standby(replicas, k8s_api, release, kube.wait_for)
+    kube.apply(pipeline_manifest("ha", ns))
 
     kube.finish("ha-prepare-0", 1, {"status": "succeeded"})
     kube.wait_status("ha", lambda s: len(s.get("trials", [])) == 2, "2 running trials")
     kube.finish(kube.current_job("ha", "trial-0000"), 2, trial_result(0.93))
     kube.finish(kube.current_job("ha", "trial-0001"), 2, trial_result(0.96))
     kube.wait_status("ha", lambda s: s.get("tuning", {}).get("succeeded") == 2, "2 trials succeeded")
-    wait_for(lambda: kube.job("ha-trial-0002-0"), TIMEOUT, "Job ha-trial-0002-0")
+    kube.wait_job("ha-trial-0002-0")
 
     # only the leader has reconciled; the standby's watches ran but it queued nothing
     assert lease_holder(k8s_api, release) == leader.name
@@ -160,20 +132,17 @@ def test_standby_takes_over_from_a_killed_leader_mid_sweep(
     leader.kill()
     kube.finish("ha-trial-0002-0", 2, trial_result(0.95))
     # liveness bound only (the hand-over time is measured in benchmarks/operator_failover.py)
-    wait_for(
+    kube.wait_for(
         lambda: lease_holder(k8s_api, release) == standby.name, TIMEOUT, "the standby to take the Lease"
     )
-    assert wait_for(lambda: standby.metric("conveyor_operator_leader") == 1, TIMEOUT, "the standby to lead")
+    assert kube.wait_for(
+        lambda: standby.metric("conveyor_operator_leader") == 1, TIMEOUT, "the standby to lead"
+    )
     kube.wait_status("ha", lambda s: s.get("tuning", {}).get("succeeded") == 3, "trial-0002 absorbed")
     kube.finish(kube.current_job("ha", "trial-0003"), 2, trial_result(0.94))
     status = kube.wait_status("ha", lambda s: s.get("phase") == "Training", "phase Training")
 
-    trials = status["trials"]
-    assert sorted(t["name"] for t in trials) == [f"trial-{n:04d}" for n in range(4)]
-    assert all(t["state"] == "Succeeded" for t in trials)
-    assert status["tuning"]["succeeded"] == 4 and status["tuning"]["failed"] == 0
-    trial_jobs = [j for j in kube.children("ha") if j.startswith("job/ha-trial-")]
-    assert sorted(trial_jobs) == sorted(f"job/ha-{t['name']}-{t.get('attempt', 0)}" for t in trials)
+    kube.assert_sweep_succeeded("ha", status, 4)
     assert standby.metric("conveyor_reconciles_total") > 0
     for process in replicas.values():
         log = process.log.read_text()

@@ -11,7 +11,6 @@ with an exit code and the termination message a real trainer writes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,23 +32,13 @@ from tests.helpers.operator_bed import (
 pytestmark = pytest.mark.cluster
 
 
-
-def test_reference_pipeline_from_apply_to_serving(
-    operator: OperatorProcess,
-    restricted: str,
-    k8s_api: Any,
-    kubectl: str,
-    kubeconfig: Path,
-    wait_for: Callable[..., Any],
-) -> None:
-    ns = restricted
-    kube = Cluster(k8s_api, ns, wait_for)
-    created = apply(kubectl, kubeconfig, pipeline_manifest("digits", ns))
-    assert created.returncode == 0, created.stderr
+def test_reference_pipeline_from_apply_to_serving(operator: OperatorProcess, kube: Cluster) -> None:
+    ns = kube.namespace
+    kube.apply(pipeline_manifest("digits", ns))
 
     # prepare: a plain Job, owned by the pipeline, restricted-compliant, no GPU
     kube.wait_status("digits", lambda s: s.get("phase") == "Preparing", "phase Preparing")
-    job = wait_for(lambda: kube.job("digits-prepare-0"), TIMEOUT, "Job digits-prepare-0")
+    job = kube.wait_job("digits-prepare-0")
     (ref,) = job["metadata"]["ownerReferences"]
     assert ref["kind"] == "TrainingPipeline" and ref["name"] == "digits" and ref["controller"] is True
     pod_spec = job["spec"]["template"]["spec"]
@@ -66,7 +55,7 @@ def test_reference_pipeline_from_apply_to_serving(
     # tune: Indexed Jobs of 2 GPU workers behind a headless Service, 2 at a time
     status = kube.wait_status("digits", lambda s: len(s.get("trials", [])) == 2, "2 running trials")
     assert status["phase"] == "Tuning"
-    trial = wait_for(lambda: kube.job("digits-trial-0000-0"), TIMEOUT, "Job digits-trial-0000-0")
+    trial = kube.wait_job("digits-trial-0000-0")
     assert trial["spec"]["completionMode"] == "Indexed"
     assert trial["spec"]["completions"] == trial["spec"]["parallelism"] == 2
     assert trial["spec"]["podFailurePolicy"]["rules"][1]["onExitCodes"]["values"] == [2]
@@ -91,10 +80,10 @@ def test_reference_pipeline_from_apply_to_serving(
     # the operator dies mid-sweep; a trial finishes while it is down; it comes back and goes on. If the
     # kill lands between the status write and a Job's creation, that trial is `lost` and runs again
     # as its next attempt: still exactly one Job per trial attempt, and exactly 4 trials.
-    wait_for(lambda: kube.job("digits-trial-0002-0"), TIMEOUT, "Job digits-trial-0002-0")
+    kube.wait_job("digits-trial-0002-0")
     operator.kill()
     kube.finish("digits-trial-0002-0", 2, trial_result(0.95))
-    wait_for(
+    kube.wait_for(
         lambda: all(p["status"]["phase"] == "Succeeded" for p in kube.pods("digits-trial-0002-0")),
         TIMEOUT,
         "trial-0002 pods done while the operator is down",
@@ -103,42 +92,15 @@ def test_reference_pipeline_from_apply_to_serving(
     kube.wait_status("digits", lambda s: s.get("tuning", {}).get("succeeded") == 3, "trial-0002 absorbed")
     kube.finish(kube.current_job("digits", "trial-0003"), 2, trial_result(0.94))
     status = kube.wait_status("digits", lambda s: s.get("phase") == "Training", "phase Training")
-    trials = status["trials"]
-    assert sorted(t["name"] for t in trials) == [f"trial-{n:04d}" for n in range(4)]
-    assert all(t["state"] == "Succeeded" for t in trials)
-    assert status["tuning"]["succeeded"] == 4 and status["tuning"]["failed"] == 0
+    kube.assert_sweep_succeeded("digits", status, 4)
     assert status["bestTrial"]["name"] == "trial-0001"
-    trial_jobs = [j for j in kube.children("digits") if j.startswith("job/digits-trial-")]
-    assert sorted(trial_jobs) == sorted(f"job/digits-{t['name']}-{t.get('attempt', 0)}" for t in trials)
 
     # train, evaluate, ensemble, gate, serve
     kube.finish("digits-train-0", 2, trial_result(0.97))
-    kube.finish(
-        wait_for(lambda: kube.job("digits-evaluate-model-0"), TIMEOUT)["metadata"]["name"],
-        1,
-        eval_result(0.97),
-    )
-    kube.finish(
-        wait_for(lambda: kube.job("digits-ensemble-0"), TIMEOUT)["metadata"]["name"],
-        1,
-        {"status": "succeeded"},
-    )
-    kube.finish(
-        wait_for(lambda: kube.job("digits-evaluate-ensemble-0"), TIMEOUT)["metadata"]["name"],
-        1,
-        eval_result(0.98),
-    )
-    sh(
-        kubectl,
-        "--kubeconfig",
-        str(kubeconfig),
-        "-n",
-        ns,
-        "wait",
-        "--for=condition=Ready",
-        "tp/digits",
-        "--timeout=120s",
-    )
+    kube.finish_once_created("digits-evaluate-model-0", 1, eval_result(0.97))
+    kube.finish_once_created("digits-ensemble-0", 1, {"status": "succeeded"})
+    kube.finish_once_created("digits-evaluate-ensemble-0", 1, eval_result(0.98))
+    kube.kubectl("wait", "--for=condition=Ready", "tp/digits", "--timeout=120s")
     status = kube.status("digits")
     assert status["phase"] == "Serving"
     assert status["gate"]["passed"] is True and status["gate"]["candidate"] == "ensemble"
@@ -148,39 +110,25 @@ def test_reference_pipeline_from_apply_to_serving(
     probe = deployment.spec.template.spec.containers[0].readiness_probe
     assert probe.http_get.path == "/v2/health/ready"
 
-    printed = sh(kubectl, "--kubeconfig", str(kubeconfig), "-n", ns, "get", "tp", "digits").stdout
+    printed = kube.kubectl("get", "tp", "digits").stdout
     assert "Serving" in printed and "accuracy=0.9600" in printed and "digits-serve" in printed
     events = kube.core.list_namespaced_event(ns, field_selector="involvedObject.name=digits").items
     reasons = {e.reason for e in events}
     assert {"GatePassed", "ServingStarted"} <= reasons, reasons
 
     # deleting the pipeline removes every child (owner references, garbage collector)
-    sh(kubectl, "--kubeconfig", str(kubeconfig), "-n", ns, "delete", "tp", "digits", "--wait=true")
-    wait_for(lambda: kube.children("digits") == [], TIMEOUT, "no children left")
+    kube.kubectl("delete", "tp", "digits", "--wait=true")
+    kube.wait_for(lambda: kube.children("digits") == [], TIMEOUT, "no children left")
 
 
-def test_gate_blocks_serving(
-    operator: OperatorProcess,
-    restricted: str,
-    k8s_api: Any,
-    kubectl: str,
-    kubeconfig: Path,
-    wait_for: Callable[..., Any],
-) -> None:
-    ns = restricted
-    kube = Cluster(k8s_api, ns, wait_for)
+def test_gate_blocks_serving(operator: OperatorProcess, kube: Cluster) -> None:
+    ns = kube.namespace
     manifest = pipeline_manifest("weak", ns, tuning=None, ensemble=None)
     manifest["spec"]["resources"] = {"workers": 1, "cpu": "1", "memory": "2Gi"}
-    assert apply(kubectl, kubeconfig, manifest).returncode == 0
-    kube.finish(
-        wait_for(lambda: kube.job("weak-prepare-0"), TIMEOUT)["metadata"]["name"], 1, {"status": "succeeded"}
-    )
-    kube.finish(
-        wait_for(lambda: kube.job("weak-train-0"), TIMEOUT)["metadata"]["name"], 1, trial_result(0.81)
-    )
-    kube.finish(
-        wait_for(lambda: kube.job("weak-evaluate-model-0"), TIMEOUT)["metadata"]["name"], 1, eval_result(0.80)
-    )
+    kube.apply(manifest)
+    kube.finish_once_created("weak-prepare-0", 1, {"status": "succeeded"})
+    kube.finish_once_created("weak-train-0", 1, trial_result(0.81))
+    kube.finish_once_created("weak-evaluate-model-0", 1, eval_result(0.80))
     status = kube.wait_status("weak", lambda s: s.get("phase") == "Failed", "phase Failed")
     assert status["reason"] == "GateFailed"
     assert status["gate"]["passed"] is False
@@ -210,34 +158,23 @@ def test_invalid_manifests_rejected_by_the_api_server(
         sh(kubectl, "--kubeconfig", str(kubeconfig), "-n", namespace, "delete", "tp", "invalid", check=False)
 
 
-def test_progress_endpoint_drives_pruning(
-    operator: OperatorProcess,
-    restricted: str,
-    k8s_api: Any,
-    kubectl: str,
-    kubeconfig: Path,
-    wait_for: Callable[..., Any],
-) -> None:
+def test_progress_endpoint_drives_pruning(operator: OperatorProcess, kube: Cluster) -> None:
     """Epoch events pushed with a pod-bound projected token (audience conveyor.dev) reach status, and
     the median pruner stops a bad trial: its Job is deleted."""
-    ns = restricted
-    kube = Cluster(k8s_api, ns, wait_for)
+    ns = kube.namespace
     manifest = pipeline_manifest("prune", ns, ensemble=None, serving=None)
     manifest["spec"]["tuning"].update({"trials": 3, "parallelism": 1, "pruner": "median"})
     manifest["spec"]["training"]["epochs"] = 5
-    assert apply(kubectl, kubeconfig, manifest).returncode == 0
+    kube.apply(manifest)
     kube.finish(kube.current_job("prune", "prepare"), 1, {"status": "succeeded"})
 
-    def token_for(job: str) -> str:
-        return kube.progress_token(job, kubectl, kubeconfig)
-
     good = kube.current_job("prune", "trial-0000")
-    token = token_for(good)
+    token = kube.progress_token(good)
     # over HTTPS to the address pods use, verified against the CA the operator created, as pods do
-    endpoint = {"ca": operator.ca(), "host": operator.progress_host}
+    endpoint: dict[str, Any] = {"ca": operator.ca(), "host": operator.progress_host}
     first = {"event": "epoch", "epoch": 1}
     assert post_epoch(operator.progress_port, "not-a-token", first, **endpoint) == 403
-    admin_token = sh(kubectl, "--kubeconfig", str(kubeconfig), "-n", ns, "create", "token", "default").stdout
+    admin_token = kube.kubectl("create", "token", "default").stdout
     assert post_epoch(operator.progress_port, admin_token.strip(), first, **endpoint) == 403
     for epoch in range(1, 6):
         event = {"event": "epoch", "epoch": epoch, "epochs": 5, "metrics": {"accuracy": 0.9 + epoch / 100}}
@@ -247,7 +184,7 @@ def test_progress_endpoint_drives_pruning(
     kube.finish(good, 2, trial_result(0.95))
 
     bad = kube.current_job("prune", "trial-0001")
-    token = token_for(bad)
+    token = kube.progress_token(bad)
     for epoch in range(1, 4):
         event = {"event": "epoch", "epoch": epoch, "epochs": 5, "metrics": {"accuracy": 0.1}}
         post_epoch(operator.progress_port, token, event, **endpoint)
@@ -256,26 +193,18 @@ def test_progress_endpoint_drives_pruning(
     )
     pruned = next(t for t in status["trials"] if t["state"] == "Pruned")
     assert pruned["name"] == "trial-0001"
-    wait_for(lambda: f"job/{bad}" not in kube.children("prune"), TIMEOUT, f"Job {bad} deleted")
+    kube.wait_for(lambda: f"job/{bad}" not in kube.children("prune"), TIMEOUT, f"Job {bad} deleted")
     events = kube.core.list_namespaced_event(ns, field_selector="involvedObject.name=prune").items
     assert "TrialPruned" in {e.reason for e in events}
 
 
-def test_suspend_pauses_and_resumes_without_losing_trials(
-    operator: OperatorProcess,
-    restricted: str,
-    k8s_api: Any,
-    kubectl: str,
-    kubeconfig: Path,
-    wait_for: Callable[..., Any],
-) -> None:
+def test_suspend_pauses_and_resumes_without_losing_trials(operator: OperatorProcess, kube: Cluster) -> None:
     """`spec.suspend: true` mid-sweep deletes the running trials' Jobs and keeps every trial in status;
     `false` restarts those trials with their parameters (next attempt) and the sweep ends with exactly
     the requested trials, the finished one not run again."""
-    ns = restricted
-    kube = Cluster(k8s_api, ns, wait_for)
+    ns = kube.namespace
     manifest = pipeline_manifest("pause", ns, ensemble=None, serving=None)
-    assert apply(kubectl, kubeconfig, manifest).returncode == 0
+    kube.apply(manifest)
     kube.finish(kube.current_job("pause", "prepare"), 1, {"status": "succeeded"})
     kube.finish(kube.current_job("pause", "trial-0000"), 2, trial_result(0.95))
     kube.current_job("pause", "trial-0002")  # parallelism 2: trial-0001 and trial-0002 now run
@@ -291,7 +220,7 @@ def test_suspend_pauses_and_resumes_without_losing_trials(
     states = {t["name"]: t["state"] for t in status["trials"]}
     assert states == {"trial-0000": "Succeeded", "trial-0001": "Suspended", "trial-0002": "Suspended"}
     finished_only = {"job/pause-trial-0000-0", "svc/pause-trial-0000-0"}
-    wait_for(
+    kube.wait_for(
         lambda: {c for c in kube.children("pause") if "trial" in c} == finished_only,
         TIMEOUT,
         "the suspended trials' Jobs and Services deleted",

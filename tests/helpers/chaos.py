@@ -41,9 +41,8 @@ from tests.helpers.operator_bed import (
     SIM_EXIT,
     SIM_MESSAGE,
     OperatorProcess,
-    free_port,
-    leader_election_args,
     pipeline_manifest,
+    start_replica,
 )
 
 GROUP, VERSION, PLURAL = "conveyor.dev", "v1alpha1", "trainingpipelines"
@@ -177,9 +176,9 @@ class Replicas:
     def start(self) -> OperatorProcess:
         name = f"r{self.serial}"
         self.serial += 1
-        extra = [*leader_election_args(self.release, name, self.plan.lease), "--workers", "8"]
-        process = OperatorProcess(self.token, self.namespace, self.workdir, name, extra, free_port())
-        process.start()
+        process = start_replica(
+            self.token, self.namespace, self.workdir, self.release, name, self.plan.lease, ["--workers", "8"]
+        )
         self.live[name] = process
         self.all.append(process)
         return process

@@ -55,7 +55,7 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
 DELETE = object()
 
 # (id, mutation of the reference manifest, expected field path, a word the message must contain)
-INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
+INVALID: list[tuple[str, Callable[[dict[str, Any]], object], str, str]] = [
     ("parallelism-over-trials", _set("spec.tuning.parallelism", 20), "spec.tuning.parallelism", "trials"),
     ("unknown-algorithm", _set("spec.tuning.algorithm", "bayes"), "spec.tuning.algorithm", "tpe"),
     ("unknown-pruner", _set("spec.tuning.pruner", "asha2"), "spec.tuning.pruner", "hyperband"),

@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -158,6 +159,69 @@ class OperatorProcess:
         )
 
 
+def start_replica(
+    kubeconfig: Path,
+    namespace: str,
+    workdir: Path,
+    release: str,
+    name: str,
+    lease: float = 4.0,
+    extra: Sequence[str] = (),
+    tls_secret: str | None = None,
+) -> OperatorProcess:
+    """One replica of several, started: `conveyor operator` leader-electing on the release's Lease
+    (`leader_election_args`; `extra` flags go after them and override), serving metrics on a port
+    of its own. Tests, the chaos run and the failover benchmark start their replicas this way."""
+    process = OperatorProcess(
+        kubeconfig,
+        namespace,
+        workdir,
+        name,
+        [*leader_election_args(release, name, lease), *extra],
+        metrics_port=free_port(),
+        tls_secret=tls_secret,
+    )
+    process.start()
+    return process
+
+
+def install_chart(helm: str, kubeconfig: Path, namespace: str, *flags: str) -> None:
+    """`helm install` the chart as release `conveyor` into `namespace` (created) with no operator
+    replica: the tests and benchmarks run the operator as processes of their own, with the chart's
+    ServiceAccount (`sa_kubeconfig`). `flags` go last (e.g. --wait)."""
+    sh(
+        helm,
+        "--kubeconfig",
+        str(kubeconfig),
+        "install",
+        "conveyor",
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--create-namespace",
+        "--set",
+        "replicaCount=0",
+        *flags,
+    )
+
+
+@contextlib.contextmanager
+def cluster_with_chart(prefix: str, release: str) -> Iterator[tuple[Any, Path, Path]]:
+    """A fresh local control plane (its state in a new temporary directory named `prefix`..., stopped
+    with this process) with the chart installed as `release` and no operator replica: (the
+    `conveyor.devcluster.Cluster`, the state directory, the chart ServiceAccount's kubeconfig). Where
+    the benchmarks that run operator replicas of their own start."""
+    from conveyor.devcluster.cluster import Cluster as DevCluster
+    from conveyor.devcluster.cluster import ClusterConfig, default_bin_dir
+
+    state = Path(tempfile.mkdtemp(prefix=prefix))
+    bin_dir = default_bin_dir()
+    with DevCluster(ClusterConfig(state_dir=state, bin_dir=bin_dir, owner_pid=os.getpid())) as cluster:
+        kubeconfig, kubectl = cluster.kubeconfig, str(bin_dir / "kubectl")
+        install_chart(str(bin_dir / "helm"), kubeconfig, release)
+        yield cluster, state, sa_kubeconfig(kubeconfig, kubectl, release, state / "sa.kubeconfig")
+
+
 def post_epoch(
     port: int,
     token: str,
@@ -291,9 +355,17 @@ def pipeline_manifest(name: str, namespace: str, **changes: Any) -> dict[str, An
 
 
 class Cluster:
-    """Test-side helpers over the admin client: read the pipeline, play the trainer."""
+    """Test-side helpers over the admin client: read the pipeline, play the trainer. With `kubectl` and
+    `kubeconfig` also apply manifests and run kubectl in the namespace, as a user would."""
 
-    def __init__(self, api: Any, namespace: str, wait_for: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        api: Any,
+        namespace: str,
+        wait_for: Callable[..., Any],
+        kubectl: str | None = None,
+        kubeconfig: Path | None = None,
+    ) -> None:
         from kubernetes import client
 
         self.core: Any = client.CoreV1Api(api)
@@ -302,6 +374,21 @@ class Cluster:
         self.custom: Any = client.CustomObjectsApi(api)
         self.namespace = namespace
         self.wait_for = wait_for
+        self.kubectl_path = kubectl
+        self.kubeconfig = kubeconfig
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`kubectl -n <namespace> ARGS` as the admin."""
+        assert self.kubectl_path and self.kubeconfig, "Cluster made without kubectl and kubeconfig"
+        return sh(
+            self.kubectl_path, "--kubeconfig", str(self.kubeconfig), "-n", self.namespace, *args, check=check
+        )
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        """`kubectl apply` of `manifest`, which must succeed (kubectl's stderr when it does not)."""
+        assert self.kubectl_path and self.kubeconfig, "Cluster made without kubectl and kubeconfig"
+        created = apply(self.kubectl_path, self.kubeconfig, manifest)
+        assert created.returncode == 0, created.stderr
 
     def pipeline(self, name: str) -> dict[str, Any]:
         obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
@@ -334,6 +421,11 @@ class Cluster:
             self.batch.read_namespaced_job(name, self.namespace)
         )
 
+    def wait_job(self, name: str) -> dict[str, Any]:
+        """The Job `name`, once it exists."""
+        job: dict[str, Any] = self.wait_for(lambda: self.job(name), TIMEOUT, f"Job {name}")
+        return job
+
     def pods(self, job: str) -> list[dict[str, Any]]:
         pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"job-name={job}").items
         return [self.core.api_client.sanitize_for_serialization(p) for p in pods]
@@ -359,6 +451,11 @@ class Cluster:
                 pod["metadata"]["name"], self.namespace, {"metadata": {"annotations": annotations}}
             )
 
+    def finish_once_created(self, job: str, count: int, result: dict[str, Any] | None) -> None:
+        """`finish` the Job `job` once it exists."""
+        self.wait_job(job)
+        self.finish(job, count, result)
+
     def current_job(self, pipeline: str, workload: str) -> str:
         """The Job of `workload`'s current attempt (status says which), once it exists."""
 
@@ -374,7 +471,7 @@ class Cluster:
         result: str = self.wait_for(find, TIMEOUT, f"the Job of {workload}")
         return result
 
-    def progress_token(self, job: str, kubectl: str, kubeconfig: Path) -> str:
+    def progress_token(self, job: str) -> str:
         """A projected token for the progress audience, bound to rank 0's pod of `job` (2 running), as
         the kubelet mounts it for the trainer."""
         pod = next(
@@ -382,12 +479,7 @@ class Cluster:
             for p in self.running_pods(job, 2)
             if p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index") == "0"
         )
-        return sh(
-            kubectl,
-            "--kubeconfig",
-            str(kubeconfig),
-            "-n",
-            self.namespace,
+        return self.kubectl(
             "create",
             "token",
             "default",
@@ -400,6 +492,16 @@ class Cluster:
             "--bound-object-uid",
             pod["metadata"]["uid"],
         ).stdout.strip()
+
+    def assert_sweep_succeeded(self, pipeline: str, status: dict[str, Any], trials: int) -> None:
+        """Exactly `trials` trials in `status`, all Succeeded, and one Job per trial attempt: none
+        created twice, none lost (what an operator killed mid-sweep must still hold to)."""
+        records = status["trials"]
+        assert sorted(t["name"] for t in records) == [f"trial-{n:04d}" for n in range(trials)]
+        assert all(t["state"] == "Succeeded" for t in records)
+        assert status["tuning"]["succeeded"] == trials and status["tuning"]["failed"] == 0
+        jobs = [j for j in self.children(pipeline) if j.startswith(f"job/{pipeline}-trial-")]
+        assert sorted(jobs) == sorted(f"job/{pipeline}-{t['name']}-{t.get('attempt', 0)}" for t in records)
 
     def children(self, name: str) -> list[str]:
         selector = f"conveyor.dev/pipeline={name}"

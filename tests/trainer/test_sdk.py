@@ -210,13 +210,63 @@ def test_a_retry_continues_the_report_count(tmp_path: Path, monkeypatch: pytest.
     assert [e["epoch"] for e in events(tmp_path)] == [1, 2, 3]
 
 
-def test_the_stop_file_stops_report_and_should_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+class Clock:
+    """A monotonic clock the test moves (`conveyor.sdk._clock`)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(sdk, "_clock", fake)
+    return fake
+
+
+def test_the_stop_file_stops_report_and_should_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: Clock
+) -> None:
     in_pipeline(monkeypatch, tmp_path)
     assert sdk.report(1, {"accuracy": 0.5}) is True and sdk.should_stop() is False
     (tmp_path / env.STOP_FILE).touch()  # what the local executor writes when the tuner prunes the trial
+    clock.now += sdk.STOP_POLL_SECONDS
     assert sdk.should_stop() is True
     assert sdk.report(2, {"accuracy": 0.6}) is False
     assert [e["step"] for e in events(tmp_path)] == [1, 2]  # the report is still written
+
+
+def test_should_stop_looks_for_the_stop_file_at_most_once_per_poll_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: Clock
+) -> None:
+    """A hot loop calling should_stop() every step stats the stop file once per STOP_POLL_SECONDS, not
+    once per call, and still sees a stop request by its first call that long after the request."""
+    in_pipeline(monkeypatch, tmp_path)
+    stop_file = tmp_path / env.STOP_FILE
+    looks: list[Path] = []
+    real_exists = Path.exists
+
+    def counting_exists(path: Path, *args: Any, **kwargs: Any) -> bool:
+        if path == stop_file:
+            looks.append(path)
+        return real_exists(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", counting_exists)
+    assert [sdk.should_stop() for _ in range(1000)] == [False] * 1000
+    assert len(looks) == 1  # the first call looks; the clock has not moved since
+    first_look = clock.now
+    clock.now = first_look + sdk.STOP_POLL_SECONDS / 2
+    stop_file.touch()
+    assert [sdk.should_stop() for _ in range(1000)] == [False] * 1000  # within the interval: not seen
+    assert len(looks) == 1
+    clock.now = first_look + sdk.STOP_POLL_SECONDS  # one interval after the first look
+    assert sdk.should_stop() is True
+    assert len(looks) == 2
+    assert [sdk.should_stop() for _ in range(100)] == [True] * 100  # stopped for good: no more looks
+    assert len(looks) == 2
 
 
 class ProgressEndpoint(http.server.BaseHTTPRequestHandler):
@@ -351,6 +401,8 @@ from conveyor import sdk
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 answers = []
+call = 0
+sdk._clock = lambda: float(call)  # a second per call: rank 0 looks for the stop file at every call
 for call in range(1, 9):
     if rank == 0 and call == 3:
         (Path(os.environ["CONVEYOR_OUT"]) / "stop").touch()  # asked to stop between calls 2 and 3

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,17 +44,6 @@ def test_the_serving_certificate_names_every_host_and_chains_to_the_ca() -> None
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
     with pytest.raises(ValueError, match="at least one host"):
         ss.serving_certificate(ca_pem, ca_key, [], NOW)
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    running = asyncio.new_event_loop()
-    thread = threading.Thread(target=running.run_forever, daemon=True)
-    thread.start()
-    yield running
-    running.call_soon_threadsafe(running.stop)
-    thread.join(5)
-    running.close()
 
 
 def test_push_verifies_the_endpoint_against_the_ca_it_is_given(

@@ -6,8 +6,6 @@ certificates of one CA and the standby verifying the leader's."""
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -93,17 +91,6 @@ def test_forward_target(endpoint: str | None, headers: dict[str, str], expected:
 )
 def test_advertise_url(explicit: str | None, pod_ip: str | None, https: bool, expected: str | None) -> None:
     assert advertise_url(explicit, pod_ip, 8081, https) == expected
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    running = asyncio.new_event_loop()
-    thread = threading.Thread(target=running.run_forever, daemon=True)
-    thread.start()
-    yield running
-    running.call_soon_threadsafe(running.stop)
-    thread.join(5)
-    running.close()
 
 
 def test_a_standby_forwards_to_the_leader_and_answers_with_its_status(

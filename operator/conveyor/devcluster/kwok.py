@@ -75,6 +75,20 @@ phase: @PHASE@
 """
 
 
+def _pod_stage(
+    name: str, match: list[dict[str, Any]], next_: dict[str, Any], delay: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A KWOK Stage for pods: when a pod matches every expression of `match` (after `delay`), `next_`."""
+    spec: dict[str, Any] = {
+        "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+        "selector": {"matchExpressions": match},
+    }
+    if delay is not None:
+        spec["delay"] = delay
+    spec["next"] = next_
+    return {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage", "metadata": {"name": name}, "spec": spec}
+
+
 def _terminate_stage(name: str, selector: list[dict[str, Any]], phase: str, reason: str) -> dict[str, Any]:
     template = (
         _TERMINATED.replace("@MSG@", TERMINATION_MESSAGE)
@@ -82,17 +96,12 @@ def _terminate_stage(name: str, selector: list[dict[str, Any]], phase: str, reas
         .replace("@REASON@", reason)
         .replace("@PHASE@", phase)
     )
-    return {
-        "apiVersion": "kwok.x-k8s.io/v1alpha1",
-        "kind": "Stage",
-        "metadata": {"name": name},
-        "spec": {
-            "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
-            "selector": {"matchExpressions": [_NOT_DELETED, *_RUNNING_READY, *selector]},
-            "delay": {"durationMilliseconds": 500, "durationFrom": {"expressionFrom": _ann(DELAY)}},
-            "next": {"statusTemplate": template},
-        },
-    }
+    return _pod_stage(
+        name,
+        [_NOT_DELETED, *_RUNNING_READY, *selector],
+        {"statusTemplate": template},
+        {"durationMilliseconds": 500, "durationFrom": {"expressionFrom": _ann(DELAY)}},
+    )
 
 
 _CREATE_TEMPLATE = """\
@@ -126,21 +135,14 @@ startTime: {{ $now | Quote }}
 
 def pod_stages() -> list[dict[str, Any]]:
     """The complete pod stage set (supplying any pod stage replaces all of KWOK's defaults)."""
-    start = {
-        "apiVersion": "kwok.x-k8s.io/v1alpha1",
-        "kind": "Stage",
-        "metadata": {"name": "conveyor-pod-start"},
-        "spec": {
-            "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
-            "selector": {
-                "matchExpressions": [_NOT_DELETED, {"key": ".status.podIP", "operator": "DoesNotExist"}]
-            },
-            "next": {
-                "event": {"type": "Normal", "reason": "Started", "message": "Started container (simulated)"},
-                "statusTemplate": _CREATE_TEMPLATE,
-            },
+    start = _pod_stage(
+        "conveyor-pod-start",
+        [_NOT_DELETED, {"key": ".status.podIP", "operator": "DoesNotExist"}],
+        {
+            "event": {"type": "Normal", "reason": "Started", "message": "Started container (simulated)"},
+            "statusTemplate": _CREATE_TEMPLATE,
         },
-    }
+    )
     owned_by_job = {"key": ".metadata.ownerReferences.[].kind", "operator": "In", "values": ["Job"]}
     succeed_job = _terminate_stage(
         "conveyor-pod-succeed-job",
@@ -166,45 +168,31 @@ def pod_stages() -> list[dict[str, Any]]:
     # A kubelet stops a deleted pod's containers (SIGTERM: exit 143) and reports phase Failed; a pod
     # with finalizers (a Job's tracking finalizer) must get there, or a Job with a podFailurePolicy,
     # which only counts terminal pods, waits for it forever (evicted or node-drained pods).
-    stopped = {
-        "apiVersion": "kwok.x-k8s.io/v1alpha1",
-        "kind": "Stage",
-        "metadata": {"name": "conveyor-pod-stop-deleted"},
-        "spec": {
-            "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
-            "selector": {
-                "matchExpressions": [
-                    {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
-                    {"key": ".metadata.finalizers", "operator": "Exists"},
-                    {"key": ".status.phase", "operator": "In", "values": ["Pending", "Running"]},
-                ]
-            },
-            "next": {
-                "statusTemplate": "\n".join(
-                    line for line in _TERMINATED.splitlines() if "@MSG@" not in line and "@CODE@" not in line
-                )
-                .replace("$msg", '""')
-                .replace("$code", "143")
-                .replace("@REASON@", "Error")
-                .replace("@PHASE@", "Failed")
-            },
+    stopped = _pod_stage(
+        "conveyor-pod-stop-deleted",
+        [
+            {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
+            {"key": ".metadata.finalizers", "operator": "Exists"},
+            {"key": ".status.phase", "operator": "In", "values": ["Pending", "Running"]},
+        ],
+        {
+            "statusTemplate": "\n".join(
+                line for line in _TERMINATED.splitlines() if "@MSG@" not in line and "@CODE@" not in line
+            )
+            .replace("$msg", '""')
+            .replace("$code", "143")
+            .replace("@REASON@", "Error")
+            .replace("@PHASE@", "Failed")
         },
-    }
-    delete = {
-        "apiVersion": "kwok.x-k8s.io/v1alpha1",
-        "kind": "Stage",
-        "metadata": {"name": "conveyor-pod-delete"},
-        "spec": {
-            "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
-            "selector": {
-                "matchExpressions": [
-                    {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
-                    {"key": ".metadata.finalizers", "operator": "DoesNotExist"},
-                ]
-            },
-            "next": {"delete": True},
-        },
-    }
+    )
+    delete = _pod_stage(
+        "conveyor-pod-delete",
+        [
+            {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
+            {"key": ".metadata.finalizers", "operator": "DoesNotExist"},
+        ],
+        {"delete": True},
+    )
     return [start, succeed_job, succeed_zero, fail, stopped, delete]
 
 

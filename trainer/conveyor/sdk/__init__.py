@@ -38,7 +38,9 @@ Other ranks' calls do nothing and cost nothing.
 Stopping: when the tuner prunes the trial it asks it to stop (locally the file `$CONVEYOR_OUT/stop`, on
 Kubernetes the endpoint's reply `{"stop": true}`); from then on `report()` returns False on rank 0 and
 `should_stop()` returns True on every rank, through a collective at the same call index, so a DDP
-loop never hangs on a one-sided stop. Workers that do not stop within
+loop never hangs on a one-sided stop. Rank 0 looks for the stop file at most every STOP_POLL_SECONDS
+(0.1 s), so calling `should_stop()` every step costs no file system call per step; the collective's
+schedule does not depend on the clock. Workers that do not stop within
 `tuning.stopGracePeriodSeconds` are stopped for them.
 """
 
@@ -77,6 +79,11 @@ __all__ = [
 PROGRESS_FILE = "progress.jsonl"  # conveyor.trainer.artifacts.PROGRESS_FILE (that module needs pydantic)
 REPORT_POINTS = 100  # with training.maxSteps: at most about this many written reports
 POST_TIMEOUT_SECONDS = 1.0
+# Rank 0 looks for the stop file at most this often: a loop may call `should_stop()` every step, and a
+# stat per step adds up (more so on a network volume), while a stop noticed this much later costs
+# nothing next to the grace period the executor gives.
+STOP_POLL_SECONDS = 0.1
+_clock = time.monotonic  # the clock of STOP_POLL_SECONDS (tests replace it)
 _STARTED = time.monotonic()  # elapsedSeconds counts from here: the user program's start, near enough
 
 
@@ -192,6 +199,7 @@ class _Reporter:
         self.stop = False  # asked to stop (rank 0: what it saw; every rank: after should_stop)
         self.agreed = False  # the last answer every rank agreed on (should_stop)
         self.calls = 0  # should_stop calls, the same sequence on every rank
+        self.next_look = float("-inf")  # rank 0: when should_stop may stat the stop file again
         self.lock = threading.Lock()
         if self.writes:
             atexit.register(self._at_exit)
@@ -264,7 +272,8 @@ class _Reporter:
 
     def should_stop(self, every: int) -> bool:
         self.calls += 1
-        if self.rank == 0 and self.out is not None and not self.stop and (self.out / env.STOP_FILE).exists():
+        looks = self.rank == 0 and self.out is not None and not self.stop and self._time_to_look()
+        if looks and self.out is not None and (self.out / env.STOP_FILE).exists():
             self.asked_to_stop()
         group = _process_group()
         if group is None:
@@ -273,6 +282,15 @@ class _Reporter:
             self.agreed = _broadcast_flag(self.stop)
             self.stop = self.stop or self.agreed
         return self.agreed
+
+    def _time_to_look(self) -> bool:
+        """Whether STOP_POLL_SECONDS have passed since the last look (the first call always looks).
+        Only when rank 0 looks depends on time; the collective runs at the same calls regardless."""
+        now = _clock()
+        if now < self.next_look:
+            return False
+        self.next_look = now + STOP_POLL_SECONDS
+        return True
 
 
 def _post(line: str) -> bool:
@@ -358,7 +376,8 @@ def should_stop(every: int = 1) -> bool:
     """Whether to leave the loop: rank 0's answer, the same on every rank. Under a process group the
     answer is agreed by a collective on every `every`-th call (pass the same `every` on every rank and
     call it at the same points of the loop, e.g. once per step with every=20); between those calls
-    it returns the last agreed answer, so all ranks always return the same."""
+    it returns the last agreed answer, so all ranks always return the same. Rank 0 looks for the stop
+    file at most every STOP_POLL_SECONDS, so it sees a request by its first call that much after it."""
     if every < 1:
         raise ValueError(f"should_stop(every={every}): every must be at least 1")
     return _reporter().should_stop(every)

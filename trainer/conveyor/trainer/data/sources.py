@@ -297,19 +297,22 @@ def image_files(fs: Any, root: str, uri: str) -> tuple[list[str], list[tuple[str
     return classes, files
 
 
-def load_image_folder(fs: Any, root: str, size: int, uri: str) -> RawDataset:
+def open_image(fs: Any, path: str) -> Any:
+    """One image file, decoded (PIL), or a DataError naming the file."""
     from PIL import Image
 
+    with fs.open(path, "rb") as handle:
+        try:
+            image = Image.open(io.BytesIO(handle.read()))
+            image.load()
+        except OSError as error:
+            raise DataError(f"{path!r} is not a readable image: {error}") from error
+    return image
+
+
+def load_image_folder(fs: Any, root: str, size: int, uri: str) -> RawDataset:
     classes, files = image_files(fs, root, uri)
-    images = []
-    for path, _ in files:
-        with fs.open(path, "rb") as handle:
-            try:
-                image = Image.open(io.BytesIO(handle.read()))
-                image.load()
-            except OSError as error:
-                raise DataError(f"{path!r} is not a readable image: {error}") from error
-        images.append(image)
+    images = [open_image(fs, path) for path, _ in files]
     mode = "L" if all(i.mode in ("1", "L", "LA", "I", "I;16", "F") for i in images) else "RGB"
     x = np.stack([np.asarray(i.convert(mode).resize((size, size)), dtype=np.float32) / 255.0 for i in images])
     x = x[:, None] if mode == "L" else x.transpose(0, 3, 1, 2)
