@@ -1,9 +1,9 @@
 """The operator's own pod specs, really run: a small pipeline on the test bed's local node, whose pods
-execute as local processes (2 torchrun workers per training job, rendezvous through the headless
-Service's DNS name), with results flowing back through termination messages and the served model
-answering an Open Inference Protocol request. No placement and no port in the manifest: pods asking
-for no GPU land on the local node, each in its own network namespace (every rank 0 binds 29500, the
-server binds the default port)."""
+execute as local processes (2 trainer pods per training job, each the trainer as its one process,
+rendezvous through the headless Service's DNS name), with results flowing back through termination
+messages and the served model answering an Open Inference Protocol request. No placement and no port
+in the manifest: pods asking for no GPU land on the local node, each in its own network namespace
+(every rank 0 binds 29500, the server binds the default port)."""
 
 from __future__ import annotations
 
@@ -85,8 +85,8 @@ def test_small_pipeline_really_runs_on_the_local_node(
     assert all(status["stages"][s]["state"] == "Succeeded" for s in ("prepare", "tune", "train", "evaluate"))
     assert status["evaluation"]["ensemble"]["accuracy"] >= 0.3, status["evaluation"]
 
-    # Each training Job ran as 2 worker pods on the local node, under torchrun with 2 nodes whose
-    # rank 0 was found by its headless-Service DNS name; both ranks finished the same DDP run.
+    # Each training Job ran as 2 worker pods on the local node, each the trainer itself (rank = the
+    # completion index), rank 0 found by its headless-Service DNS name; both finished the same DDP run.
     jobs = kube.batch.list_namespaced_job(namespace).items
     training = [j for j in jobs if j.spec.completion_mode == "Indexed"]
     assert len(training) == 3, [j.metadata.name for j in jobs]  # 2 trials + the final training
@@ -101,7 +101,9 @@ def test_small_pipeline_really_runs_on_the_local_node(
             env = {e["name"]: e.get("value") for e in container["env"]}
             assert env["PET_NNODES"] == "2" and env["WORLD_SIZE"] == "2", env
             assert env["PET_MASTER_ADDR"] == env["MASTER_ADDR"] == f"{name}-0.{name}", env
-            assert "torch.distributed.run" in " ".join(container["command"] + container.get("args", []))
+            argv = container["command"] + container.get("args", [])
+            assert argv[1:4] == ["-m", "conveyor.trainer", "train"], argv  # the pod's one process
+            assert "torch.distributed.run" not in argv and env["LOCAL_RANK"] == "0", argv
         pods.sort(key=lambda p: p["spec"]["hostname"])
         assert [p["spec"]["hostname"] for p in pods] == [f"{name}-0", f"{name}-1"]
         ends = [p["status"]["containerStatuses"][0]["state"]["terminated"] for p in pods]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conveyor.trainer.artifacts import read_metadata
 from conveyor.trainer.data import DataError
-from conveyor.trainer.data.prepare import is_complete, load_split, prepare
+from conveyor.trainer.data.prepare import is_complete, load_split, map_npz, prepare
 from conveyor.trainer.data.sources import in_memory_size, load_builtin, resolve_uri
 from tests.trainer.training_helpers import cli, config, prepared
 
@@ -79,6 +79,34 @@ def test_minmax_and_per_channel_image_stats(tmp_path: Path) -> None:
     assert meta.input_kind == "image" and len(meta.normalization.shift) == 1  # one channel
     train_x = load_split(data_dir, "train")[0]
     assert train_x.min() == pytest.approx(0.0) and train_x.max() == pytest.approx(1.0)
+
+
+def test_a_prepared_split_is_mapped_copy_on_write(tmp_path: Path) -> None:
+    data_dir = prepared(tmp_path, data={"source": "builtin://digits"})
+    path = data_dir / "train.npz"
+    before = path.read_bytes()
+    x, y = load_split(data_dir, "train")
+    assert isinstance(x.base, np.memmap) and type(x) is np.ndarray  # the file's pages, a plain array
+    with np.load(path) as arrays:
+        for name, mapped in (("x", x), ("y", y)):
+            whole = arrays[name]
+            assert mapped.dtype == whole.dtype and mapped.shape == whole.shape
+            assert np.array_equal(mapped, whole)
+    # Writable, but a write stays in this process's copy: the file and the next reader see the split.
+    x[0] = 42.0
+    assert path.read_bytes() == before and not np.any(load_split(data_dir, "train")[0][0] == 42.0)
+
+
+def test_arrays_that_cannot_be_mapped_are_read(tmp_path: Path) -> None:
+    x, y = np.arange(12, dtype=np.float32).reshape(3, 4), np.array([0, 1, 0])
+    np.savez_compressed(tmp_path / "train.npz", x=x, y=y)
+    assert map_npz(tmp_path / "train.npz") is None
+    np.savez(tmp_path / "validation.npz", x=np.zeros((0, 4), np.float32), y=np.zeros(0, np.int64))
+    assert map_npz(tmp_path / "validation.npz") is None
+    np.savez(tmp_path / "test.npz", x=np.asfortranarray(x), y=y)
+    for split, expected in (("train", x), ("validation", np.zeros((0, 4))), ("test", x)):
+        loaded, _ = load_split(tmp_path, split)
+        assert np.array_equal(loaded, expected), split
 
 
 def test_prepare_is_written_once(tmp_path: Path) -> None:

@@ -272,6 +272,28 @@ def test_early_stopping_respects_direction_and_min_delta() -> None:
 # --- the stage's command line -------------------------------------------------------------------
 
 
+def test_only_rank_0_reads_the_validation_split(iris: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from conveyor.trainer.artifacts import read_metadata
+    from conveyor.trainer.train import load_data
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(iris, data_dir)
+    (data_dir / "validation.npz").unlink()
+    cfg, meta = config(), read_metadata(data_dir)
+
+    def context(rank: int) -> distributed.Context:
+        return distributed.Context(rank, 2, rank, torch.device("cpu"), "gloo")
+
+    batches, validation = load_data(cfg, meta, data_dir, context(1))
+    assert batches.steps > 0
+    with pytest.raises(RuntimeError, match="only rank 0 validates"):
+        validation(torch.nn.Identity(), torch.nn.functional.cross_entropy, torch.no_grad)
+    with pytest.raises(FileNotFoundError):
+        load_data(cfg, meta, data_dir, context(0))
+
+
 def test_bad_config_fails_with_status_2_and_a_failed_result(iris: Path, tmp_path: Path) -> None:
     done = cli("train", "--config", '{"optimizer": {"name": "lbfgs"}}', "--data", iris, "--out", tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "optimizer.name" in done.stderr

@@ -124,10 +124,15 @@ def test_torchrun_env_contract(
     assert env["PET_NODE_RANK"] == {"fieldRef": {"fieldPath": b.COMPLETION_INDEX}}
     assert container["env"][0]["name"] == "PET_NODE_RANK"  # defined before anything refers to it
     args = container["args"]
-    assert args[args.index("--node-rank") + 1] == "$(PET_NODE_RANK)"
-    assert args[args.index("--nproc-per-node") + 1] == nproc
-    assert args[args.index("--master-addr") + 1] == master
-    assert "torch.distributed.run" in args
+    if procs == 1:  # the trainer is the pod's one process: rank = completion index, no agent
+        assert args[:3] == ["-m", "conveyor.trainer", "train"] and "torch.distributed.run" not in args
+        assert env["RANK"] == env["PET_NODE_RANK"]
+        assert (env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == ("0", "1")
+    else:
+        assert args[args.index("--node-rank") + 1] == "$(PET_NODE_RANK)"
+        assert args[args.index("--nproc-per-node") + 1] == nproc
+        assert args[args.index("--master-addr") + 1] == master
+        assert "torch.distributed.run" in args and "RANK" not in env
     assert any(a.startswith("/artifacts/digits/") for a in args)
     assert env["CONVEYOR_WORKLOAD"] == "trial-0003"
     limits = container["resources"]["limits"]
@@ -303,11 +308,11 @@ def test_reserved_env_is_what_the_builders_write() -> None:
         env = env_of(container)
         assert env["HF_HOME"] == "/cache" and env["OMP_NUM_THREADS"] == "3"  # defaults yield to the user
         written |= set(env) - {"HF_HOME"} - set(default_env(workload))
-    torchrun_sets = {"RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"}
     # The trainer process sets these from its arguments; a code directory is named only locally (pods
-    # get the archive and the trainer names its unpacked copy).
+    # get the archive and the trainer names its unpacked copy). RANK, LOCAL_RANK and LOCAL_WORLD_SIZE
+    # are written for a one-process worker (trial()), torchrun's otherwise.
     process_sets = {*TRAINER_PROCESS_ENV, "CONVEYOR_CODE"}
-    assert written == set(RESERVED_ENV) - torchrun_sets - process_sets
+    assert written == set(RESERVED_ENV) - process_sets
 
 
 def test_scheduling_pass_through_and_kueue() -> None:

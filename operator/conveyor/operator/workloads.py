@@ -6,12 +6,14 @@ two cannot drift. Artifact paths inside a workload are RELATIVE to the run root;
 them against the root an executor mounts (`./runs/<name>` locally, the storage volume in a pod).
 
 Distributed jobs (every `train`: the trials and the final training) run under torchrun with static
-rendezvous on rank 0's address. The environment carries both torchrun's `PET_*` forms of its flags and
-the classic `MASTER_ADDR`/`MASTER_PORT`/`WORLD_SIZE`, as Kubeflow does, so a plain `torchrun` in the
-image picks them up. The rendezvous timeout is long (15 min) because rank 0's DNS name may resolve late
-on a busy cluster (pytorch#73682, kubeflow pytorch-operator#125); torchrun itself does not restart
-workers (`--max-restarts 0`) because one node restarting alone under static rendezvous hangs the others:
-the engine restarts the whole gang instead, and the trainer resumes from its checkpoint.
+rendezvous on rank 0's address (on Kubernetes, a worker of one process runs the trainer itself with RANK
+= its completion index, no agent in front of it: see `kubernetes.builders`). The environment carries
+both torchrun's `PET_*` forms of its flags and the classic `MASTER_ADDR`/`MASTER_PORT`/`WORLD_SIZE`, as
+Kubeflow does, so a plain `torchrun` in the image picks them up. The rendezvous timeout is long (15 min)
+because rank 0's DNS name may resolve late on a busy cluster (pytorch#73682, kubeflow
+pytorch-operator#125); torchrun itself does not restart workers (`--max-restarts 0`) because one node
+restarting alone under static rendezvous hangs the others: the engine restarts the whole gang instead,
+and the trainer resumes from its checkpoint.
 
 User code sees the pipeline through the same contract (`conveyor.sdk.env`): the pipeline, workload,
 attempt, trial and its typed parameters (`CONVEYOR_PARAMS`, JSON), and where the user's code is (a

@@ -13,6 +13,11 @@ Event shapes (all keys camelCase)::
     {"event": "result", "status": "succeeded" | "failed", "epochsRun": 12, "bestEpoch": 9,
      "objective": {"metric": "accuracy", "value": 0.97}, "metrics": {...}, "reason": "..", "message": ".."}
 
+On stdout only, every training process also prints where its start-up went, once, at its first step
+(`conveyor.trainer.startup`)::
+
+    {"event": "startup", "rank": 0, "worldSize": 2, "at": {"process": .., "imported": .., ...}}
+
 Validation metrics use the evaluation's names (`accuracy`, `f1`, `rmse`, ..., `loss` for the
 validation loss); the training loss is `trainLoss`.
 """

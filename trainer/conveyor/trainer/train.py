@@ -24,14 +24,16 @@ resumes this way, by starting a next attempt of the whole workload; torchrun its
 (`--max-restarts 0`), though workers it restarts under `--max-restarts N` resume the same way.
 
 The backend is NCCL when the process has a GPU and gloo otherwise. Every rank holds the prepared
-train split in memory (on the GPU when there is one) and each epoch takes a disjoint shard of a seeded
+train split in memory (memory-mapped from the prepared file, so the processes of a node share its
+pages; copied to the GPU when there is one) and each epoch takes a disjoint shard of a seeded
 permutation, sliced into batches — no per-sample collation. Datasets from image folders, or larger than
 `CONVEYOR_IN_MEMORY_BYTES` (default 2 GiB), go through a DataLoader with workers and pinned memory
 (`CONVEYOR_DATA_PATH=memory|loader` forces one); sources prepared as Parquet, larger than memory,
 stream from disk instead (`conveyor.trainer.data.streaming`). The user's own dataset (`data.entrypoint`)
 goes through a DataLoader sharded across ranks (`conveyor.trainer.data.datasets`), and the user's own
 model (`model.entrypoint`) is built by `build_model` like the zoo's. Rank 0 validates on the whole validation
-split after every epoch and broadcasts the early-stopping decision, so all ranks stop together. What a
+split (the one rank that reads it) after every epoch and broadcasts the early-stopping decision, so all
+ranks stop together. Each process reports where its start-up went at its first step (`startup`). What a
 checkpoint holds is `conveyor.trainer.training_state.TrainingState`. At the end rank 0 writes the best epoch's
 weights, `model.json` and `result.json` (layout in `conveyor.trainer.artifacts`).
 """
@@ -53,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from conveyor.trainer import distributed, progress
+from conveyor.trainer import distributed, progress, startup
 from conveyor.trainer.artifacts import (
     CHECKPOINT_DIR,
     LATEST_CHECKPOINT,
@@ -83,24 +85,37 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Validation = Callable[[nn.Module, LossFn, Callable[[], Any]], dict[str, float]]
 
 
-def train(config: TrainerConfig, data_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Train under the current process group (or alone) and return the final result."""
+def train(
+    config: TrainerConfig, data_dir: Path, out_dir: Path, marks: startup.Startup | None = None
+) -> dict[str, Any]:
+    """Train under the current process group (or alone) and return the final result. `marks`: this
+    process's start-up so far (`conveyor.trainer.startup`), reported at the first step."""
     started = time.perf_counter()
+    if marks is None:
+        marks = startup.Startup()
+        marks.mark("imported")
     ctx = distributed.setup()
+    marks.mark("rendezvous")
     try:
-        return _train(config, data_dir, out_dir, ctx, started)
+        return _train(config, data_dir, out_dir, ctx, started, marks)
     finally:
         distributed.cleanup(ctx)
 
 
 def _train(
-    config: TrainerConfig, data_dir: Path, out_dir: Path, ctx: distributed.Context, started: float
+    config: TrainerConfig,
+    data_dir: Path,
+    out_dir: Path,
+    ctx: distributed.Context,
+    started: float,
+    marks: startup.Startup,
 ) -> dict[str, Any]:
     training, task = config.training, config.task
     torch.manual_seed(training.seed + ctx.rank)
     np.random.seed(training.seed + ctx.rank)
     meta = read_metadata(data_dir)
     batches, validation = load_data(config, meta, data_dir, ctx)
+    marks.mark("data")
     model = build_model(config.model, meta).to(ctx.device)
     set_cpu_threads(model, ctx)
     forward = parallelize(model, training.compile, ctx)
@@ -111,12 +126,21 @@ def _train(
     step_schedule = schedule.name != "constant" or schedule.warmup_epochs > 0  # else it stays 1
     latest = out_dir / CHECKPOINT_DIR / LATEST_CHECKPOINT
     state.resume(latest)
+    marks.mark("model")
 
+    def first_step_done() -> None:
+        marks.mark("firstStep")
+        startup.report(marks, ctx.rank, ctx.world_size)
+
+    first = True
     while not state.finished:
         epoch = state.epoch + 1
         epoch_start = time.perf_counter()
+        epoch_batches = batches.epoch(epoch)
+        if first:
+            epoch_batches, first = startup.after_first(epoch_batches, first_step_done), False
         loss_sum = train_epoch(
-            forward, state, batches.epoch(epoch), loss_fn, autocast, training.gradient_clipping, step_schedule
+            forward, state, epoch_batches, loss_fn, autocast, training.gradient_clipping, step_schedule
         )
         train_loss = float(distributed.mean(ctx, loss_sum / batches.steps))
         samples_per_second = batches.samples_per_epoch * ctx.world_size / (time.perf_counter() - epoch_start)
@@ -192,18 +216,24 @@ def load_data(
 
         return streaming.load_streamed(config, meta, data_dir, ctx, make_augmentation(config, meta))
     x_train, y_train = load_split(data_dir, "train")
-    x_val, y_val = load_split(data_dir, "validation")
     if x_train.shape[0] < ctx.world_size:
         raise DataError(
             f"the train split has {x_train.shape[0]} rows, fewer than the {ctx.world_size} processes"
         )
     batches = make_batches(config, meta, x_train, y_train, ctx)
+    if not ctx.is_main:  # only rank 0 validates: the other ranks never read the validation split
+        return batches, not_validating
+    x_val, y_val = load_split(data_dir, "validation")
     x, y = torch.from_numpy(x_val).to(ctx.device), torch.from_numpy(y_val).to(ctx.device)
 
     def validate_split(model: nn.Module, loss_fn: LossFn, autocast: Callable[[], Any]) -> dict[str, float]:
         return validate(model, meta, x, y, loss_fn, autocast, config.training.batch_size)
 
     return batches, validate_split
+
+
+def not_validating(model: nn.Module, loss_fn: LossFn, autocast: Callable[[], Any]) -> dict[str, float]:
+    raise RuntimeError("only rank 0 validates")
 
 
 def parallelize(model: nn.Module, compiled: bool, ctx: distributed.Context) -> nn.Module:
@@ -497,6 +527,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from conveyor.trainer.config import ConfigError, load_config
 
+    marks = startup.Startup()
+    marks.mark("imported")
     try:
         config = load_config(args.config)
         if not (args.data / "metadata.json").is_file():
@@ -507,7 +539,7 @@ def run(args: argparse.Namespace) -> int:
             from conveyor.trainer.user_loop import run_entrypoint
 
             return run_entrypoint(config, args.data, args.out)
-        train(config, args.data, args.out)
+        train(config, args.data, args.out, marks)
     except ConfigError as error:
         report_failure(args.out, "InvalidConfig", str(error))
         raise

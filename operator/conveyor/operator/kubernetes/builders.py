@@ -10,6 +10,11 @@ What a pipeline's children look like, and why:
   rank 0 has the stable name `<job>-0.<service>` before any pod is Ready (rendezvous races, anchors
   §6 #2). The node rank is the completion index, read through the downward API into `PET_NODE_RANK`;
   everything else comes from `conveyor.operator.workloads`, the same contract the local executor uses.
+  A worker of one process (CPU, or one GPU per pod) runs the trainer as the pod's own process, with
+  `RANK` = the completion index, instead of under a torchrun agent: the agent's interpreter and torch
+  import came first and its exit barrier after, 4-6 s of a trial's start and 2 s of its end on the
+  test bed (benchmarks/RESULTS.md, `pod_startup.py`). The `PET_*` environment stays for images that
+  start torchrun themselves (`training.command`, several processes per worker).
 - Single-process stages (prepare, evaluate, ensemble) are plain Jobs; serving is a Deployment and a
   Service (+ an HPA when `serving.autoscaling` is set) with a readiness probe on the Open Inference
   Protocol's `/v2/health/ready`.
@@ -61,6 +66,7 @@ from conveyor.operator.workloads import (
     TRAINER_MODULE,
     Workload,
     command_argv,
+    python_argv,
     serve_argv,
 )
 from conveyor.sdk import env as sdk_env
@@ -477,10 +483,17 @@ def trainer_container(owner: Owner, settings: Settings, workload: Workload) -> d
             python=settings.python,
         )
         env.pop("PET_NODE_RANK")
-        env_entries = [
-            {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},
-            *env_list(env),
-        ]
+        index = {"fieldRef": {"fieldPath": COMPLETION_INDEX}}
+        env_entries = [{"name": "PET_NODE_RANK", "valueFrom": index}, *env_list(env)]
+        if workload.processes_per_worker == 1 and workload.user_command is None:
+            # One process per pod: the trainer is the pod's process, rank = the completion index
+            # (rank 0 hosts the store, `conveyor.trainer.distributed`). A torchrun agent would only
+            # import torch once more before starting it, and hold the pod after it exits.
+            argv = python_argv(workload, root, python=settings.python)
+            env_entries += [
+                {"name": "RANK", "valueFrom": index},
+                *env_list({"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}),
+            ]
     else:
         argv, env = command_argv(workload, root, python=settings.python)
         env_entries = env_list(env)

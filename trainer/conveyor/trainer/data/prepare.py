@@ -29,6 +29,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -99,13 +100,57 @@ def prepare(config: TrainerConfig, out: Path) -> DatasetMetadata:
 
 def load_split(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(x float32 [n, *feature_shape], y int64 classes | float32 targets) of one prepared split, whole
-    (a streamed split too: readers that must not hold it use `streaming`)."""
-    if not (data_dir / f"{split}.npz").is_file() and (data_dir / f"{split}.parquet").is_file():
+    (a streamed split too: readers that must not hold it use `streaming`).
+
+    The `.npz` is memory-mapped where it can be (`map_npz`), not read into each process's memory: the
+    processes of a node share the file's pages in the page cache, each reads only the pages it
+    touches, and nothing is copied before the first batch. The arrays are copy-on-write (writing to
+    one changes neither the file nor another process's view)."""
+    path = data_dir / f"{split}.npz"
+    if not path.is_file() and (data_dir / f"{split}.parquet").is_file():
         from conveyor.trainer.data import streaming
 
         return streaming.load_split(data_dir, split)
-    with np.load(data_dir / f"{split}.npz") as arrays:
+    mapped = map_npz(path)
+    if mapped is not None and {"x", "y"} <= mapped.keys():
+        return mapped["x"], mapped["y"]
+    with np.load(path) as arrays:
         return arrays["x"], arrays["y"]
+
+
+def map_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """Every array of an uncompressed `.npz` (what `np.savez` writes) as a copy-on-write memory map of
+    its bytes inside the archive, or None when one cannot be mapped (compressed, object or empty
+    arrays): then `np.load` reads it. Each member of a stored zip is a plain `.npy` file at an offset."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+    arrays: dict[str, np.ndarray] = {}
+    with path.open("rb") as handle:
+        for member in members:
+            if member.compress_type != zipfile.ZIP_STORED or not member.filename.endswith(".npy"):
+                return None
+            handle.seek(member.header_offset)
+            header = handle.read(30)  # the local file header; its name and extra field follow
+            if header[:4] != b"PK\x03\x04":
+                return None
+            name_length, extra_length = struct.unpack("<HH", header[26:30])
+            handle.seek(member.header_offset + 30 + name_length + extra_length)
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+            else:
+                return None
+            if dtype.hasobject or math.prod(shape) == 0:
+                return None
+            order: Literal["C", "F"] = "F" if fortran else "C"
+            mapped = np.memmap(path, dtype=dtype, mode="c", offset=handle.tell(), shape=shape, order=order)
+            arrays[member.filename[: -len(".npy")]] = mapped.view(np.ndarray)  # a plain array to readers
+    return arrays
 
 
 def should_stream(config: TrainerConfig) -> bool:
