@@ -10,13 +10,16 @@ it), and runs, per task and seed, with the same trial budget, concurrency and wo
 - Conveyor TPE + ASHA (the default), Conveyor Hyperband (TPE), Conveyor random without early stopping
   (Katib's default): the real engine, local executor and warm trainers (`tuning_common.run_pipeline`),
   on to the final training with the best trial's parameters and its evaluation on the test split;
-- Ray Tune: `OptunaSearch` over an Optuna `TPESampler` (the same start-up trials and constant liar as
-  Conveyor's) with `ASHAScheduler` (grace period = Conveyor's warm-up, reduction factor 3), each trial
-  a Ray Train `TorchTrainer` (passed to the `Tuner`: Ray Train's classic Tune integration, see
-  `start_ray`) with the same number of workers running Conveyor's own data arrays (the split Conveyor's
-  prepare wrote), model builder, optimizer, batches, training step and validation; its best
-  configuration (over every reported epoch) then goes through the same Conveyor final training and test
-  evaluation, so the final models of all arms differ only by the parameters their search chose.
+- on request (`--arms`), "conveyor tpe+asha, pruned unseen": the default as it was before TPE learned
+  from pruned trials by their values (`tuning.sampler_view`), to measure before and after in one run;
+- Ray Tune: `OptunaSearch` over an Optuna `TPESampler` (the same start-up trials, drawn from the same
+  random streams as Conveyor's trials of the same seed (`SameDraws`), and constant liar) with
+  `ASHAScheduler` (grace period = Conveyor's warm-up, reduction factor 3), each trial a Ray Train
+  `TorchTrainer` (passed to the `Tuner`: Ray Train's classic Tune integration, see `start_ray`) with
+  the same number of workers running Conveyor's own data arrays (the split Conveyor's prepare wrote),
+  model builder, optimizer, batches, training step and validation; its best configuration (over every
+  reported epoch) then goes through the same Conveyor final training and test evaluation, so the final
+  models of all arms differ only by the parameters their search chose.
 
 Arms alternate within every seed (their order rotates from seed to seed), so machine load falls on all
 alike. The trainer's patience-based early stopping is off everywhere. Reported per task and arm: the
@@ -48,10 +51,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
 
 from conveyor.operator.api.resource import load_manifest
-from conveyor.operator.api.spec import TrainingPipelineSpec
+from conveyor.operator.api.spec import TrainingPipelineSpec, TuningSpec
 from conveyor.operator.engine import tuning
 from tuning_common import run_pipeline
 
@@ -62,7 +66,10 @@ CONVEYOR_ARMS = {
     "conveyor random, no pruning": {"algorithm": "random", "pruner": "none"},
 }
 RAY = "ray tune optuna-tpe+asha"
-ARMS = [*CONVEYOR_ARMS, RAY]
+# Conveyor's default as it was before TPE learned from pruned trials by their values (see
+# `tuning.sampler_view`): kept so that before and after can be measured side by side in one run.
+BEFORE = "conveyor tpe+asha, pruned unseen"
+ARMS = [*CONVEYOR_ARMS, BEFORE, RAY]
 DEFAULT, RANDOM = "conveyor tpe+asha", "conveyor random, no pruning"
 SYNTHETIC = {"kind": "classification", "samples": 20000, "features": 40, "classes": 10, "noise": 0.05}
 SYNTHETIC_SPACE = [
@@ -193,7 +200,6 @@ def ray_trial_loop(config: dict[str, Any]) -> None:
 def ray_sweep(doc: dict[str, Any], seed: int, data_dir: Path, workdir: Path) -> dict[str, Any]:
     """Ray Tune's sweep of the pipeline's search space; its best configuration trained and tested by
     Conveyor's final training, exactly as the Conveyor arms' best."""
-    import optuna
     from ray import tune
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -206,9 +212,7 @@ def ray_sweep(doc: dict[str, Any], seed: int, data_dir: Path, workdir: Path) -> 
     metric, mode = spec.task.metric, "max" if spec.task.maximize else "min"
     epochs, workers = spec.training.epochs, spec.resources.workers
     space = tuning.distributions(tuning_spec)
-    sampler = optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=tuning.startup_trials(tuning_spec), constant_liar=True
-    )
+    sampler = SameDraws(tuning_spec)
     storage = workdir / "ray-results"
 
     class History(tune.Callback):
@@ -280,6 +284,29 @@ def ray_sweep(doc: dict[str, Any], seed: int, data_dir: Path, workdir: Path) -> 
     }
 
 
+class SameDraws(optuna.samplers.TPESampler):
+    """Conveyor's TPE for Ray's searcher, drawing trial n from the random streams Conveyor's trial n
+    draws from (`tuning.make_sampler` seeds each trial from the pair (seed, n); one `TPESampler(seed)`
+    draws them all from one stream), so that for a seed both arms start from the same random trials and
+    differ only in what their search and pruning make of them. Until 2026-11-30 the Ray arm used
+    `TPESampler(seed)`: other start-up trials for the same seed, and with 5 of 9 trials random, which
+    arm drew the better ones decided most of the gap (RESULTS.md, issue 13 item 3). A module-level
+    class: Ray pickles its searcher."""
+
+    def __init__(self, tuning_spec: TuningSpec) -> None:
+        super().__init__(
+            seed=tuning_spec.seed, n_startup_trials=tuning.startup_trials(tuning_spec), constant_liar=True
+        )
+        self.tuning_spec = tuning_spec
+        self.conveyor_sampler = tuning.make_sampler  # Conveyor's own, even where a replay patches it later
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        conveyors = self.conveyor_sampler(self.tuning_spec, trial.number)
+        assert isinstance(conveyors, optuna.samplers.TPESampler)
+        self._rng, self._random_sampler = conveyors._rng, conveyors._random_sampler
+        super().before_trial(study, trial)
+
+
 def with_doc_arm(doc: dict[str, Any], seed: int) -> dict[str, Any]:
     return yaml.safe_load(with_arm(doc, CONVEYOR_ARMS[DEFAULT], seed))
 
@@ -295,6 +322,13 @@ def prepare_data(doc: dict[str, Any], out: Path) -> dict[str, int]:
 
 
 def conveyor_sweep(doc: dict[str, Any], arm: str, seed: int, workdir: Path) -> dict[str, Any]:
+    if arm == BEFORE:  # TPE told of pruned trials as pruned (ranked below every completed one)
+        view = tuning.sampler_view
+        tuning.sampler_view = lambda state, value, intermediate, maximize: (state, value)
+        try:
+            return conveyor_sweep(doc, DEFAULT, seed, workdir)
+        finally:
+            tuning.sampler_view = view
     outcome = run_pipeline(with_arm(doc, CONVEYOR_ARMS[arm], seed), workdir, test=True)
     best = max(
         (t for t in outcome["trials"] if t["value"] is not None), key=lambda t: t["value"], default=None
@@ -363,6 +397,13 @@ def summarise(
             f"{'met' if gap >= 0 else 'NOT met'}; trial-epochs {d['epochs']:.1f} vs {r['epochs']:.1f}"
         )
         print(f"  paired per seed, default - Ray Tune: {seed_differences(d, r, one_test)}")
+    for arm, other in ((DEFAULT, BEFORE), (BEFORE, RAY)):
+        if arm in means and other in means:
+            a, b = paired(results[arm], results[other])
+            print(
+                f"{arm} vs {other} ({a['n']} seeds): test {a['test']:.4f} vs {b['test']:.4f}, trial-epochs "
+                f"{a['epochs']:.1f} vs {b['epochs']:.1f}; per seed: {seed_differences(a, b, one_test)}"
+            )
 
 
 def seed_differences(a: dict[str, Any], b: dict[str, Any], one: float) -> str:
@@ -427,7 +468,13 @@ def main() -> None:
     parser.add_argument(
         "--tasks", nargs="+", choices=["digits", "synthetic"], default=["digits", "synthetic"]
     )
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=ARMS)
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=ARMS,
+        default=[a for a in ARMS if a != BEFORE],
+        help=f"default: every arm but {BEFORE!r} (the default as it was, for before/after runs)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     parser.add_argument("--trials", type=int, default=9)
     parser.add_argument("--parallelism", type=int, default=3)
@@ -465,7 +512,7 @@ def main() -> None:
                 for arm in args.arms[shift:] + args.arms[:shift]:
                     if arm == RAY and args.ray_seeds is not None and seed not in args.ray_seeds:
                         continue
-                    workdir = scratch / task / f"{arm.split()[0]}-{arm.split()[1]}-{seed}".replace(",", "")
+                    workdir = scratch / task / "-".join([*arm.replace(",", "").split(), str(seed)])
                     if arm == RAY:
                         outcome = ray_sweep(doc, seed, scratch / task / "data", workdir)
                     else:

@@ -7,6 +7,7 @@ from typing import Any
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from conveyor.operator.api.spec import TuningSpec
 from conveyor.operator.api.status import TrialStatus
@@ -119,6 +120,56 @@ def test_tpe_concentrates_on_good_regions() -> None:
     trials = run_study(spec, score=lambda p: -abs(p["optimizer.learningRate"] - 0.003) * 100)
     late = [t.params["optimizer.learningRate"] for t in trials[-10:]]
     assert sum(0.0005 < lr < 0.02 for lr in late) >= 7
+
+
+def trial_at(number: int, lr: float, state: str, values: list[float]) -> TrialStatus:
+    value = max(values) if state == "Succeeded" else None
+    return TrialStatus(
+        name=f"trial-{number:04d}",
+        number=number,
+        params={"optimizer.learningRate": lr},
+        state=state,
+        values=values,
+        value=value,
+    )
+
+
+# Under ASHA a small, fast model reached every rung first and completed at chance, while a trial
+# stopped at the first rung had six times its accuracy.
+ASHA_STUDY = [
+    trial_at(0, 2e-4, "Succeeded", [0.10] * 9),
+    trial_at(1, 3e-2, "Pruned", [0.60]),
+    trial_at(2, 1e-3, "Pruned", [0.12]),
+    trial_at(3, 5e-3, "Pruned", [0.15]),
+]
+
+
+def test_tpe_learns_from_pruned_trials_by_their_values() -> None:
+    proposals = []
+    for seed in range(10):
+        spec = tuning(algorithm="tpe", pruner="asha", parameters=ONE, trials=9, seed=seed)
+        study = Study(spec, ASHA_STUDY, maximize=True, max_epochs=9)
+        params, _, _ = study.ask(4)
+        assert Study(spec, ASHA_STUDY, maximize=True, max_epochs=9).ask(4)[0] == params  # reproducible
+        proposals.append(params["optimizer.learningRate"])
+    # Near the pruned trial that did best, not the completed one that did worst.
+    assert sum(lr > 1e-2 for lr in proposals) >= 8, proposals
+
+
+def test_the_pruner_still_sees_pruned_trials_as_pruned() -> None:
+    spec = tuning(algorithm="tpe", pruner="median", parameters=ONE, trials=9)
+    study = Study(spec, ASHA_STUDY, maximize=True, max_epochs=9)
+    study.ask(4)
+    states = [t.state for t in study.study.get_trials(deepcopy=False)]
+    assert states == [TrialState.COMPLETE, *[TrialState.PRUNED] * 3, TrialState.RUNNING]
+    # The median pruner waits for 2 completed trials: pruned ones do not count, completed ones do.
+    slow = trial_at(4, 3e-2, "Running", [0.01])
+    assert Study(spec, [*ASHA_STUDY, slow], True, max_epochs=9).check_pruning(slow) is None
+    completed = [
+        trial_at(t.number, 0.01, "Succeeded", [v for v in t.values if v is not None]) for t in ASHA_STUDY
+    ]
+    slow = trial_at(4, 3e-2, "Running", [0.01])
+    assert Study(spec, [*completed, slow], True, max_epochs=9).check_pruning(slow) == 1
 
 
 # --- pruning ---------------------------------------------------------------------------------------

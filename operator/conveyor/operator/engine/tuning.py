@@ -22,6 +22,21 @@ search runs at most the size of the grid. ASHA and Hyperband use reduction facto
 `warmupEpochs` defaults to a tenth of the epochs: one epoch says little about a learning rate, and
 pruning on it keeps the cheap, fast starters rather than the good ones.
 
+What TPE learns from a pruned trial (`sampler_view`): TPE asks from a copy of the study in which a
+pruned trial counts as completed with its value (its best report, as a succeeded trial's value is its
+best epoch); the pruner keeps the real states. Optuna's TPE ranks every completed trial above every
+pruned one (pruned ones by furthest step, then value) and calls the best tenth "good" (1 trial of up
+to 10). Under ASHA that is wrong in a way that matters with a small budget: the first trials to reach
+a rung are always promoted, and with trials running in parallel those are the fastest, i.e. the
+smallest models, so a tiny model that completed at chance became TPE's only example of "good" while
+a trial stopped at the first rung with twice its accuracy counted as bad. Compared on their values,
+the better one is good. Ray Tune's Optuna searcher does the same (it tells an ASHA-stopped trial
+completed with its last value). Measured on issue 13's synthetic task (benchmarks/RESULTS.md): with 9
+trials TPE's asks changed on few seeds (1 of 16 replayed, by +435 validation samples there), so this
+is kept for being the right ranking rather than for a large average gain. Only TPE: random and grid
+search ignore values, and CMA-ES keeps Optuna's default of leaving pruned trials out of its
+generations.
+
 The resource a pruner counts (`Resource`): Conveyor's own loop reports once per epoch, so it counts
 epochs. A user loop (`training.entrypoint` or `command`) reports through `conveyor.sdk.report` on a
 step grid shared by every trial (a multiple of `maxSteps // 100`), and its reports are numbered but
@@ -219,18 +234,33 @@ def intermediate_values(trial: TrialStatus, unit: Literal["epoch", "step"]) -> d
     return {at: v for at, v in pairs if at is not None and v is not None and math.isfinite(v)}
 
 
+def sampler_view(
+    state: TrialState, value: float | None, intermediate: dict[int, float], maximize: bool
+) -> tuple[TrialState, float | None]:
+    """What TPE is told of a trial: a pruned one as completed with its best report (see the module
+    docstring: ranked with the completed ones on its value, not below them all); others as they are."""
+    if state != TrialState.PRUNED or not intermediate:
+        return state, value
+    return TrialState.COMPLETE, (max if maximize else min)(intermediate.values())
+
+
 def _frozen(
     trial: TrialStatus,
     space: dict[str, BaseDistribution],
     extra_attrs: dict[str, Any],
     unit: Literal["epoch", "step"] = "epoch",
+    maximize: bool | None = None,
 ) -> FrozenTrial:
+    """The trial as Optuna records it; with `maximize` given, as the sampler is told of it
+    (`sampler_view`)."""
     state = _STATE[trial.state]
     params = {name: value for name, value in trial.params.items() if name in space}
     intermediate = intermediate_values(trial, unit)
     value = trial.value if state == TrialState.COMPLETE else None
     if state == TrialState.COMPLETE and value is None:
         state = TrialState.FAIL
+    if maximize is not None:
+        state, value = sampler_view(state, value, intermediate, maximize)
     return create_trial(
         state=state,
         value=value,
@@ -257,37 +287,60 @@ class Study:
         self.tuning = tuning
         self.space = distributions(tuning)
         self.resource = resource or Resource.epochs(tuning, max_epochs)
-        self.study = optuna.create_study(
+        self.maximize = maximize
+        self.trials = sorted(trials, key=lambda t: t.number)
+        self.sampler_state = sampler_state or {}
+        self.study = self._build(sampler_view=False)  # the pruner's: the trials as they are
+        self._asking: optuna.Study | None = None  # TPE's (`sampler_view`), built on its first ask
+        # Optuna numbers trials in the order they are added, which is their status order.
+        self.ids: dict[int, int] = {t.number: t._trial_id for t in self.study.get_trials(deepcopy=False)}
+
+    def _build(self, sampler_view: bool) -> optuna.Study:
+        """An Optuna study of the status trials; with `sampler_view`, as TPE is told of them."""
+        study = optuna.create_study(
             storage=InMemoryStorage(),
             study_name=STUDY_NAME,
-            direction="maximize" if maximize else "minimize",
-            sampler=make_sampler(tuning, len(trials)),
-            pruner=make_pruner(tuning, self.resource),
+            direction="maximize" if self.maximize else "minimize",
+            sampler=make_sampler(self.tuning, len(self.trials)),
+            pruner=make_pruner(self.tuning, self.resource),  # Hyperband's brackets filter what TPE sees
         )
         recomputed: dict[str, Any] = {}
-        if tuning.algorithm == "grid":
-            sampler = make_sampler(tuning, 0)
+        if self.tuning.algorithm == "grid":
+            sampler = make_sampler(self.tuning, 0)
             assert isinstance(sampler, optuna.samplers.GridSampler)
             recomputed["search_space"] = sampler._search_space
-        large = sampler_state or {}
-        self.ids: dict[int, int] = {}
-        for trial in sorted(trials, key=lambda t: t.number):
+        large = self.sampler_state
+        view = self.maximize if sampler_view else None
+        for trial in self.trials:
             extra = dict(recomputed) if trial.attrs and "grid_id" in trial.attrs else {}
             if large.get("trial") == trial.number:
                 extra.update(large.get("attrs", {}))
-            self.study.add_trial(_frozen(trial, self.space, extra, self.resource.unit))
-        # Optuna numbers trials in the order they are added, which is their status order.
-        self.ids.update({t.number: t._trial_id for t in self.study.get_trials(deepcopy=False)})
+            study.add_trial(_frozen(trial, self.space, extra, self.resource.unit, view))
+        return study
 
     # --- asking -----------------------------------------------------------------------------------
 
     def ask(self, number: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
-        """Parameters of trial `number` (the next one), its attributes to keep, and large sampler state."""
-        self.study.sampler = make_sampler(self.tuning, number)
-        trial = self.study.ask(fixed_distributions=self.space)
+        """Parameters of trial `number` (the next one), its attributes to keep, and large sampler state.
+        TPE asks from its view of the study (`sampler_view`), and the new trial joins the pruner's too."""
+        if self._asking is None:
+            tpe = self.tuning.algorithm == "tpe"
+            self._asking = self._build(sampler_view=True) if tpe else self.study
+        self._asking.sampler = make_sampler(self.tuning, number)
+        trial = self._asking.ask(fixed_distributions=self.space)
         assert trial.number == number, f"trial numbers out of step: {trial.number} != {number}"
-        self.ids[number] = trial._trial_id
-        attrs, large = self._split_attrs(self.study._storage.get_trial_system_attrs(trial._trial_id))
+        all_attrs = self._asking._storage.get_trial_system_attrs(trial._trial_id)
+        if self._asking is not self.study:
+            self.study.add_trial(
+                create_trial(
+                    state=TrialState.RUNNING,
+                    params=dict(trial.params),
+                    distributions=dict(trial.distributions),
+                    system_attrs=all_attrs,
+                )
+            )
+        self.ids[number] = self.study.get_trials(deepcopy=False)[-1]._trial_id
+        attrs, large = self._split_attrs(all_attrs)
         return dict(trial.params), attrs, large
 
     @staticmethod

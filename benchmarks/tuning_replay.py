@@ -1,0 +1,266 @@
+"""TPE + ASHA searches on issue 13's synthetic task replayed in one process: real training, a simulated clock.
+
+`tuning_decidable.py` runs the real arms, but a Ray sweep takes minutes, and which trials ASHA stops
+depends on which trial reaches a rung first, i.e. on machine load. Asking why one search beats another
+needs many seeds and variants with everything else held still. Here each study is Conveyor's own
+`tuning.Study` (rebuilt from trial records for every ask and every pruning check, as the engine does),
+each trial Conveyor's data arrays, model, optimizer and training step (as in `tuning_decidable`'s Ray
+trial), trained epoch by epoch in this process, and time is simulated: 3 trials at a time, a trial's
+start costs 2 units and each of its epochs 1 + (its MLP's weights / 30,000), so small models reach
+rungs first as they do for real. Each trial keeps its own random state, so its curve does not depend on
+what ran beside it, and a study takes ~5-30 s on one core.
+
+Variants (`--variants`):
+- `conveyor`: Conveyor's default as it is (TPE told of pruned trials by their values, `tuning.sampler_view`);
+- `conveyor, pruned unseen`: as it was before (TPE told of pruned trials as pruned);
+- `ray-like`: what the Ray Tune arm does differently: one `TPESampler(seed)` drawing every trial from
+  one stream (other start-up trials than Conveyor's for the same seed), Ray's `ASHAScheduler` rule
+  (continue if at least the 2/3 quantile of the values recorded at the rung so far), TPE told of stopped
+  trials as completed, and the best configuration chosen over every reported epoch of any trial;
+- `ray-like, conveyor draws`: the same with Conveyor's per-trial draws
+  (`tuning_decidable.SameDraws`).
+
+Reported per variant: the best configuration's validation accuracy (what the final training then
+retrains; not the test metric) and trial-epochs, and per seed the difference from the first variant.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tuning_replay.py --seeds 0 1 2 3 4 5 6 7 \\
+        --variants conveyor "conveyor, pruned unseen" ray-like
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+import yaml
+
+import tuning_decidable as td
+from conveyor.operator.api.spec import TuningSpec
+from conveyor.operator.api.status import TrialStatus
+from conveyor.operator.engine import tuning
+from conveyor.trainer import distributed
+from conveyor.trainer import train as conveyor_train
+from conveyor.trainer.artifacts import read_metadata
+from conveyor.trainer.config import TrainerConfig, with_overrides
+from conveyor.trainer.models import build_model
+
+VARIANTS = ["conveyor", "conveyor, pruned unseen", "ray-like", "ray-like, conveyor draws"]
+START_COST = 2.0
+CPU = distributed.Context(0, 1, 0, torch.device("cpu"), "gloo")
+
+
+class Trial:
+    """One trial's training, an epoch per `step`, with its own random state."""
+
+    def __init__(self, base: TrainerConfig, data: Path, params: dict[str, Any]) -> None:
+        config = with_overrides(base, params)
+        training = config.training
+        meta = read_metadata(data)
+        with torch.random.fork_rng():
+            torch.manual_seed(training.seed)
+            self.batches, self.validation = conveyor_train.load_data(config, meta, data, CPU)
+            self.model = build_model(config.model, meta)
+            dtype = conveyor_train.precision_dtype(training.precision, CPU.device)
+            self.state = conveyor_train.build_state(
+                config, meta, self.model, self.batches.steps, dtype, CPU, time.perf_counter()
+            )
+            self.rng = torch.get_rng_state()
+        self.autocast = conveyor_train.autocast_for(dtype, CPU.device)
+        self.loss = conveyor_train.make_loss(meta, training.label_smoothing)
+        self.clipping = training.gradient_clipping
+        self.metric = config.task.metric
+        self.epoch = 0
+        weights = sum(p.numel() for p in self.model.parameters())
+        self.cost = 1 + weights / 30000
+
+    def step(self) -> float:
+        self.epoch += 1
+        with torch.random.fork_rng():
+            torch.set_rng_state(self.rng)
+            conveyor_train.train_epoch(
+                self.model,
+                self.state,
+                self.batches.epoch(self.epoch),
+                self.loss,
+                self.autocast,
+                self.clipping,
+                False,
+            )
+            value = self.validation(self.model, self.loss, self.autocast)[self.metric]
+            self.rng = torch.get_rng_state()
+        return float(value)
+
+
+def ray_asha_stops(rungs: dict[int, dict[int, float]], number: int, epoch: int, value: float) -> bool:
+    """Ray's ASHAScheduler (one bracket): at the first rung a trial reaches that it has not been
+    recorded at, stop it if below the 2/3 quantile of the values recorded there before it."""
+    for milestone in sorted(rungs, reverse=True):
+        recorded = rungs[milestone]
+        if epoch >= milestone and number in recorded:
+            return False
+        if epoch < milestone:
+            continue
+        cutoff = (
+            np.nanpercentile(list(recorded.values()), (1 - 1 / tuning.REDUCTION_FACTOR) * 100)
+            if recorded
+            else None
+        )
+        recorded[number] = value
+        return cutoff is not None and value < cutoff
+    return False
+
+
+@contextmanager
+def variant_of_conveyor(variant: str, spec: TuningSpec) -> Iterator[None]:
+    """Conveyor's tuning module as `variant` has it (restored afterwards)."""
+    make_sampler, sampler_view = tuning.make_sampler, tuning.sampler_view
+    if variant == "conveyor, pruned unseen":
+        tuning.sampler_view = lambda state, value, intermediate, maximize: (state, value)
+    elif variant == "ray-like":
+        one = optuna.samplers.TPESampler(
+            seed=spec.seed, n_startup_trials=tuning.startup_trials(spec), constant_liar=True
+        )
+        tuning.make_sampler = lambda *_: one
+    elif variant == "ray-like, conveyor draws":
+        one = td.SameDraws(spec)
+        tuning.make_sampler = lambda *_: one
+    try:
+        yield
+    finally:
+        tuning.make_sampler, tuning.sampler_view = make_sampler, sampler_view
+
+
+def study(variant: str, spec: TuningSpec, base: TrainerConfig, data: Path, epochs: int) -> dict[str, Any]:
+    """One search to the end on the simulated clock; its best validation value and trial-epochs."""
+    ray_like = variant.startswith("ray-like")
+    records: list[TrialStatus] = []
+    live: dict[int, Trial] = {}
+    ready: dict[int, float] = {}  # trial number -> time its next epoch is done
+    rungs: dict[int, dict[int, float]] = {1: {}, 3: {}}
+    now = 0.0
+
+    def ask() -> None:
+        while len(live) < spec.parallelism and len(records) < spec.trials:
+            number = len(records)
+            params, attrs, _ = tuning.Study(spec, records, True, epochs).ask(number)
+            records.append(
+                TrialStatus(
+                    name=f"trial-{number}", number=number, params=params, attrs=attrs or None, state="Running"
+                )
+            )
+            live[number] = Trial(base, data, params)
+            ready[number] = now + START_COST + live[number].cost
+
+    with variant_of_conveyor(variant, spec):
+        ask()
+        while ready:
+            number = min(ready, key=lambda n: (ready[n], n))
+            now = ready.pop(number)
+            record, trial = records[number], live[number]
+            value = trial.step()
+            record.values = [*record.values, value]
+            if ray_like:
+                stop = ray_asha_stops(rungs, number, trial.epoch, value)
+            else:
+                stop = tuning.Study(spec, records, True, epochs).check_pruning(record) is not None
+            if stop:
+                record.state = "Pruned"
+            elif trial.epoch >= epochs:
+                record.state = "Succeeded"
+                record.value = max(v for v in record.values if v is not None)
+            else:
+                ready[number] = now + trial.cost
+            if record.state != "Running":
+                del live[number]
+                ask()
+    values = [[v for v in r.values if v is not None] for r in records]
+    if ray_like:  # Ray's `get_best_result(scope="all")`: any reported epoch of any trial
+        best = max(max(v) for v in values)
+    else:  # Conveyor: the best succeeded trial
+        best = max(r.value for r in records if r.state == "Succeeded" and r.value is not None)
+    return {
+        "best": best,
+        "trialEpochs": sum(len(v) for v in values),
+        "trials": [
+            {"state": r.state, "params": r.params, "values": [round(v, 4) for v in v_]}
+            for r, v_ in zip(records, values, strict=True)
+        ],
+    }
+
+
+def summarise(results: dict[str, list[dict[str, Any]]], validation_rows: int) -> None:
+    first = next(iter(results))
+    print("\n| variant | best validation: mean | sd | trial-epochs (mean) | per seed vs first, samples |")
+    print("| --- | --- | --- | --- | --- |")
+    for variant, outcomes in results.items():
+        best = [o["best"] for o in outcomes]
+        diffs = [
+            (o["best"] - f["best"]) * validation_rows for o, f in zip(outcomes, results[first], strict=True)
+        ]
+        error = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+        paired = (
+            f"{statistics.mean(diffs):+.0f} +- {error:.0f} (wins {sum(d > 0 for d in diffs)}, ties "
+            f"{sum(d == 0 for d in diffs)}, losses {sum(d < 0 for d in diffs)})"
+            if variant != first
+            else ""
+        )
+        spread = statistics.stdev(best) if len(best) > 1 else 0.0
+        print(
+            f"| {variant} | {statistics.mean(best):.4f} | {spread:.4f} "
+            f"| {statistics.mean(o['trialEpochs'] for o in outcomes):.1f} | {paired} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS[:3])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "tuning_replay.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    shape = argparse.Namespace(trials=9, parallelism=3, epochs=9, workers=1)
+    doc = td.task_manifest("synthetic", shape)
+    base = td.parse_spec(doc).trainer_config()
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
+    with tempfile.TemporaryDirectory(prefix="conveyor-replay-") as tmp:
+        data = Path(tmp)
+        sizes = td.prepare_data(doc, data)
+        for seed in args.seeds:
+            spec = td.parse_spec(yaml.safe_load(td.with_arm(doc, td.CONVEYOR_ARMS[td.DEFAULT], seed))).tuning
+            assert spec is not None
+            for variant in args.variants:
+                began = time.monotonic()
+                outcome = study(variant, spec, base, data, shape.epochs)
+                results[variant].append({"seed": seed, **outcome})
+                print(
+                    json.dumps(
+                        {
+                            "seed": seed,
+                            "variant": variant,
+                            "best": outcome["best"],
+                            "trialEpochs": outcome["trialEpochs"],
+                        }
+                    ),
+                    f"{time.monotonic() - began:.1f} s",
+                    flush=True,
+                )
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps({"seeds": args.seeds, "results": results}, indent=1) + "\n")
+    summarise(results, sizes["validation"])
+    print(f"\nevery trial's parameters and per-epoch values: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
