@@ -168,6 +168,7 @@ def test_the_pruner_still_sees_pruned_trials_as_pruned() -> None:
     completed = [
         trial_at(t.number, 0.01, "Succeeded", [v for v in t.values if v is not None]) for t in ASHA_STUDY
     ]
+    slow = trial_at(4, 3e-2, "Running", [0.01])  # afresh: check_pruning records the reports it checked
     assert Study(spec, [*completed, slow], True, max_epochs=9).check_pruning(slow) == 1
 
 
