@@ -6,6 +6,10 @@ like), against `conveyor`, which rebuilds the built-in network from code and wei
 
     .venv/bin/python benchmarks/serving.py --servers conveyor conveyor-exported
 
+`conveyor-preloaded` (an ablation) is `conveyor` in a process that also loaded the exported program
+(benchmarks/serving_peers/conveyor_preloaded.py): set against `conveyor-exported`, it leaves only the
+cost of calling the program, not that of being a process that loaded one.
+
 With both, it also times `Predictor.predict` alone for each (in this process, batches of 1, 8 and
 32 rows) to show what the exported program's module costs per call apart from HTTP and batching.
 Every server's CPU time per request (user + system, all its processes, from /proc) is reported next
@@ -124,10 +128,13 @@ def write_body(workdir: Path, model_dir: Path) -> Path:
 
 def server_command(name: str, model_dir: Path, port: int) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "trainer")}
+    serve = ["serve", "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--threads", "1",
+             "--max-batch-size", "32", "--max-latency-ms", "2"]
     if name in ("conveyor", "conveyor-exported"):  # the model directory says which path loads
-        return [sys.executable, "-m", "conveyor.trainer", "serve", "--model", str(model_dir), "--host",
-                "127.0.0.1", "--port", str(port), "--threads", "1", "--max-batch-size", "32",
-                "--max-latency-ms", "2"], env
+        return [sys.executable, "-m", "conveyor.trainer", *serve], env
+    if name == "conveyor-preloaded":  # ablation: `conveyor` in a process that also loaded model.pt2
+        program = model_dir.parent / "model-exported" / "model.pt2"
+        return [sys.executable, str(PEERS / "conveyor_preloaded.py"), str(program), *serve], env
     if name == "aiohttp":  # ablation: Conveyor's server minus its HTTP layer, on aiohttp
         return [sys.executable, str(PEERS / "aiohttp_server.py"), str(model_dir), str(port)], env
     if name == "litserve-fastqueue":
@@ -249,7 +256,8 @@ def main() -> None:
         "--servers", nargs="+", default=["conveyor", "kserve", "litserve", "litserve-fastqueue"],
         help="conveyor, conveyor-exported (the same network from model.pt2 only), kserve, litserve "
         "(default queues), litserve-fastqueue (ZeroMQ queues), "
-        "aiohttp (ablation: Conveyor's batching and protocol on aiohttp's web framework)",
+        "aiohttp (ablation: Conveyor's batching and protocol on aiohttp's web framework), "
+        "conveyor-preloaded (ablation: conveyor in a process that also loaded the exported program)",
     )
     parser.add_argument("--duration", type=int, default=15, help="seconds of load per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
@@ -264,13 +272,14 @@ def main() -> None:
     torch.set_num_threads(1)
     model_dir = make_model(args.workdir, args.hidden, args.layers)
     body_file = write_body(args.workdir, model_dir)
-    if "conveyor-exported" in args.servers:
+    if {"conveyor-exported", "conveyor-preloaded"} & set(args.servers):
         make_exported_copy(model_dir)
     runs: dict[str, list[dict]] = {name: [] for name in args.servers}
     load_before = [round(v, 2) for v in os.getloadavg()]  # the machine may be shared: say how busy
     port = 18080
     for round_ in range(args.rounds):
-        for name in args.servers:
+        shift = round_ % len(args.servers)  # each server goes first in turn: no place in the order is its own
+        for name in args.servers[shift:] + args.servers[:shift]:
             port += 1
             result = measure(name, args, model_dir, body_file, port)
             runs[name].append(result)
@@ -322,6 +331,11 @@ def main() -> None:
         print(f"conveyor-exported / conveyor: {exported['rps'] / rebuilt['rps']:.2f}x req/s (per round "
               f"{', '.join(f'{r:.2f}' for r in rounds)}); p99 {exported['p99_ms']:.2f} ms vs "
               f"{rebuilt['p99_ms']:.2f} ms")
+        if "conveyor-preloaded" in summary:
+            preloaded = summary["conveyor-preloaded"]
+            rounds = [e["rps"] / b["rps"] for e, b in zip(exported["runs"], preloaded["runs"], strict=True)]
+            print(f"conveyor-exported / conveyor-preloaded: {exported['rps'] / preloaded['rps']:.2f}x req/s "
+                  f"(per round {', '.join(f'{r:.2f}' for r in rounds)})")
         costs = report["predict_us_per_call"]
         print("\nPredictor.predict alone, CPU us per call (median of 15 rounds)")
         print("| batch | conveyor | conveyor-exported |\n|---|---|---|")

@@ -5,10 +5,12 @@ depends on which trial reaches a rung first, i.e. on machine load. Asking why on
 needs many seeds and variants with everything else held still. Here each study is Conveyor's own
 `tuning.Study` (rebuilt from trial records for every ask and every pruning check, as the engine does),
 each trial Conveyor's data arrays, model, optimizer and training step (as in `tuning_decidable`'s Ray
-trial), trained epoch by epoch in this process, and time is simulated: 3 trials at a time, a trial's
-start costs 2 units and each of its epochs 1 + (its MLP's weights / 30,000), so small models reach
-rungs first as they do for real. Each trial keeps its own random state, so its curve does not depend on
-what ran beside it, and a study takes ~5-30 s on one core.
+trial), trained epoch by epoch in this process, and time is simulated: `--parallelism` trials at a time
+(default 3) of `--trials` (default 9, `tuning_decidable`'s budget), 9 epochs each, a trial's start
+costing 2 units and each of its epochs 1 + (its MLP's weights / 30,000), so small models reach rungs
+first as they do for real. Each trial keeps its own random state, so its curve does not depend on what
+ran beside it, and a study of 9 trials takes ~5-30 s on one core (time grows with its trial-epochs:
+~0.2 s each on the shared machine, so a random study of 27 trials, 243 of them, takes about a minute).
 
 Variants (`--variants`):
 - `conveyor`: Conveyor's default as it is (TPE told of pruned trials by their values, `tuning.sampler_view`);
@@ -18,13 +20,22 @@ Variants (`--variants`):
   (continue if at least the 2/3 quantile of the values recorded at the rung so far), TPE told of stopped
   trials as completed, and the best configuration chosen over every reported epoch of any trial;
 - `ray-like, conveyor draws`: the same with Conveyor's per-trial draws
-  (`tuning_decidable.SameDraws`).
+  (`tuning_decidable.SameDraws`);
+- `random, no pruning`: Conveyor's random search without early stopping (Katib's default), i.e.
+  `tuning_decidable`'s arm "conveyor random, no pruning" (`algorithm: random`, `pruner: none`), replayed
+  as `conveyor` is (the same `tuning.Study` path, trial n drawn from the stream seeded by (seed, n)),
+  every trial training all epochs: whether the default beats it, and how that changes with the budget.
+  TPE's start-up trials come from the same per-trial streams, so for a seed both share their first
+  trials (each TPE ask before `tuning.startup_trials` trials have finished is random) and differ after.
 
 Reported per variant: the best configuration's validation accuracy (what the final training then
-retrains; not the test metric) and trial-epochs, and per seed the difference from the first variant.
+retrains; not the test metric: mean and sd over seeds) and trial-epochs, and per seed the difference
+from the first variant (mean +- standard error, in validation samples).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tuning_replay.py --seeds 0 1 2 3 4 5 6 7 \\
         --variants conveyor "conveyor, pruned unseen" ray-like
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tuning_replay.py --seeds $(seq 0 15) --trials 27 \\
+        --variants conveyor "random, no pruning" --out benchmarks/out/tuning_replay_27.json
 """
 
 from __future__ import annotations
@@ -54,7 +65,10 @@ from conveyor.trainer.artifacts import read_metadata
 from conveyor.trainer.config import TrainerConfig, with_overrides
 from conveyor.trainer.models import build_model
 
-VARIANTS = ["conveyor", "conveyor, pruned unseen", "ray-like", "ray-like, conveyor draws"]
+RANDOM = "random, no pruning"
+VARIANTS = ["conveyor", "conveyor, pruned unseen", "ray-like", "ray-like, conveyor draws", RANDOM]
+# The TuningSpec each variant starts from: `tuning_decidable`'s arm (algorithm, pruner) of that name.
+ARMS = {v: td.CONVEYOR_ARMS[td.RANDOM if v == RANDOM else td.DEFAULT] for v in VARIANTS}
 START_COST = 2.0
 CPU = distributed.Context(0, 1, 0, torch.device("cpu"), "gloo")
 
@@ -227,10 +241,16 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS[:3])
+    parser.add_argument("--trials", type=int, default=9, help="trials per study (default: 9)")
+    parser.add_argument("--parallelism", type=int, default=3, help="trials at a time (default: 3)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "tuning_replay.json")
     args = parser.parse_args()
+    if args.trials < 1 or args.parallelism < 1:
+        parser.error("--trials and --parallelism must be at least 1")
+    if args.parallelism > args.trials:
+        parser.error(f"--parallelism {args.parallelism} is more than --trials {args.trials}; lower it")
     torch.set_num_threads(1)
-    shape = argparse.Namespace(trials=9, parallelism=3, epochs=9, workers=1)
+    shape = argparse.Namespace(trials=args.trials, parallelism=args.parallelism, epochs=9, workers=1)
     doc = td.task_manifest("synthetic", shape)
     base = td.parse_spec(doc).trainer_config()
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
@@ -238,9 +258,9 @@ def main() -> None:
         data = Path(tmp)
         sizes = td.prepare_data(doc, data)
         for seed in args.seeds:
-            spec = td.parse_spec(yaml.safe_load(td.with_arm(doc, td.CONVEYOR_ARMS[td.DEFAULT], seed))).tuning
-            assert spec is not None
             for variant in args.variants:
+                spec = td.parse_spec(yaml.safe_load(td.with_arm(doc, ARMS[variant], seed))).tuning
+                assert spec is not None
                 began = time.monotonic()
                 outcome = study(variant, spec, base, data, shape.epochs)
                 results[variant].append({"seed": seed, **outcome})
@@ -257,7 +277,12 @@ def main() -> None:
                     flush=True,
                 )
                 args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps({"seeds": args.seeds, "results": results}, indent=1) + "\n")
+                saved = {"seeds": args.seeds, **vars(shape), "results": results}
+                args.out.write_text(json.dumps(saved, indent=1) + "\n")
+    print(
+        f"\nconfiguration: {shape.trials} trials, {shape.parallelism} at a time, {shape.epochs} epochs, "
+        f"seeds {args.seeds}; one validation sample = {1 / sizes['validation']:.5f}"
+    )
     summarise(results, sizes["validation"])
     print(f"\nevery trial's parameters and per-epoch values: {args.out}")
 

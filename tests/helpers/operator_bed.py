@@ -65,7 +65,8 @@ def leader_election_args(namespace: str, identity: str, lease: float = 4.0) -> l
 
 
 class OperatorProcess:
-    """`conveyor operator` as a subprocess, authenticated as the chart's ServiceAccount. `extra`
+    """`conveyor operator` as a subprocess, authenticated as the chart's ServiceAccount, on the chart's
+    resync (300 s): watches and progress reports alone must drive every test. `extra`
     flags go last (they override); `name` names its log, for several processes in one workdir. With
     `tls_secret` (NAMESPACE/NAME, the chart's `<release>/conveyor-progress-tls`) its progress endpoint
     serves HTTPS from the CA in that Secret, as the chart's operator does (`ca()` reads it)."""
@@ -116,8 +117,6 @@ class OperatorProcess:
             "--progress-advertise-url",  # what a leader puts on its Lease (leader election only)
             f"{scheme}://127.0.0.1:{self.progress_port}",
             *tls,
-            "--resync",
-            "1",
             *self.extra,
         ]
         with self.log.open("ab") as sink:
@@ -216,10 +215,22 @@ def cluster_with_chart(prefix: str, release: str) -> Iterator[tuple[Any, Path, P
 
     state = Path(tempfile.mkdtemp(prefix=prefix))
     bin_dir = default_bin_dir()
-    with DevCluster(ClusterConfig(state_dir=state, bin_dir=bin_dir, owner_pid=os.getpid())) as cluster:
+    config = ClusterConfig(state_dir=state, bin_dir=bin_dir, owner_pid=os.getpid())
+    with unwind_on_sigterm(), DevCluster(config) as cluster:
         kubeconfig, kubectl = cluster.kubeconfig, str(bin_dir / "kubectl")
         install_chart(str(bin_dir / "helm"), kubeconfig, release)
         yield cluster, state, sa_kubeconfig(kubeconfig, kubectl, release, state / "sa.kubeconfig")
+
+
+@contextlib.contextmanager
+def unwind_on_sigterm() -> Iterator[None]:
+    """Within: SIGTERM raises SystemExit(143), so `with` blocks unwind as on Ctrl-C. A benchmark
+    stopped with `kill` then stops the control plane it started (no pytest session reaps those)."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def post_epoch(

@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--metrics-port", type=int, default=8080, help="0 disables /metrics")
     parser.add_argument("--health-port", type=int, default=8082, help="0 disables /healthz")
     parser.add_argument(
-        "--resync", type=float, default=30.0, help="seconds between safety-net looks at active pipelines"
+        "--resync", type=float, default=300.0, help="seconds between safety-net looks at active pipelines"
     )
     parser.add_argument("--workers", type=int, default=16, help="pipelines reconciled concurrently")
     election = parser.add_argument_group("leader election (several replicas, one reconciling)")

@@ -88,7 +88,7 @@ class OperatorConfig:
     progress_tls_secret: str | None = None  # NAMESPACE/NAME of the progress CA (https progress_url)
     metrics_port: int | None = 8080
     health_port: int | None = 8082
-    resync_seconds: float = 30.0  # a safety net: watches on Jobs, Pods and Deployments drive changes
+    resync_seconds: float = 300.0  # a safety net: watches on Jobs, Pods and Deployments drive changes
     workers: int = 16
     kubeconfig: str | None = None
     leader_election: leader.Candidacy | None = None  # None: this replica always reconciles
