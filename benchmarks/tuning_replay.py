@@ -10,7 +10,7 @@ trial), trained epoch by epoch in this process, and time is simulated: `--parall
 costing 2 units and each of its epochs 1 + (its MLP's weights / 30,000), so small models reach rungs
 first as they do for real. Each trial keeps its own random state, so its curve does not depend on what
 ran beside it, and a study of 9 trials takes ~5-30 s on one core (time grows with its trial-epochs:
-~0.2 s each on the shared machine, so a random study of 27 trials, 243 of them, takes about a minute).
+~0.2-0.4 s each, so a random study of 27 trials, 243 of them, took 47-94 s here).
 
 Variants (`--variants`):
 - `conveyor`: Conveyor's default as it is (TPE told of pruned trials by their values, `tuning.sampler_view`);

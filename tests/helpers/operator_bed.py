@@ -65,8 +65,8 @@ def leader_election_args(namespace: str, identity: str, lease: float = 4.0) -> l
 
 
 class OperatorProcess:
-    """`conveyor operator` as a subprocess, authenticated as the chart's ServiceAccount, on the chart's
-    resync (300 s): watches and progress reports alone must drive every test. `extra`
+    """`conveyor operator` as a subprocess, authenticated as the chart's ServiceAccount, on the default
+    (minutes-long) resync: watches and progress reports alone must drive every test. `extra`
     flags go last (they override); `name` names its log, for several processes in one workdir. With
     `tls_secret` (NAMESPACE/NAME, the chart's `<release>/conveyor-progress-tls`) its progress endpoint
     serves HTTPS from the CA in that Secret, as the chart's operator does (`ca()` reads it)."""
