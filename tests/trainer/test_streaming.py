@@ -137,16 +137,17 @@ def write_large(path: Path, rows: int, features: int) -> None:
 
 
 def test_memory_stays_bounded_on_a_file_several_times_the_budget(tmp_path: Path) -> None:
-    """Prepare and train on a file 4x a 64 MiB budget: no process's peak RSS grows by half of what
-    loading the large file whole would add (at least 3 x 64 = 192 MiB) over the same streamed runs on
+    """Prepare and train on a file 8x a 64 MiB budget: no process's peak RSS grows by half of what
+    loading the large file whole would add (at least 7 x 64 = 448 MiB) over the same streamed runs on
     a file of 1x the budget. Their peak is the interpreter, torch, pyarrow and a bounded window of row
     groups; the window is larger on the large file (whole row groups, where the small file's units are
-    halved to go round), and pyarrow's allocator keeps freed pages a while: training grew by 65 MiB
-    once in CI, so the bound is not the budget itself."""
+    halved to go round), and the allocators (pyarrow's, and glibc's arenas, one per thread torch
+    starts) keep freed pages a while: peaks of the same run vary by up to 100 MiB, prepare grew by
+    102 MiB on a 4x file once in CI. So the file is 8x, to keep that noise far from the bound."""
     budget, features = 64 << 20, 255
-    rows = 4 * budget // ((features + 1) * 4)
+    rows = 8 * budget // ((features + 1) * 4)
     peaks = {}
-    for name, count in (("small", rows // 4), ("large", rows)):
+    for name, count in (("small", rows // 8), ("large", rows)):
         write_large(tmp_path / f"{name}.parquet", count, features)
         cfg = json.dumps(
             {
@@ -165,4 +166,4 @@ def test_memory_stays_bounded_on_a_file_several_times_the_budget(tmp_path: Path)
         )
         peaks[name] = (prepared >> 20, trained >> 20)
     for stage in (0, 1):
-        assert peaks["large"][stage] - peaks["small"][stage] < (3 * budget // 2) >> 20, peaks
+        assert peaks["large"][stage] - peaks["small"][stage] < (7 * budget // 2) >> 20, peaks
