@@ -12,6 +12,7 @@ it), and runs, per task and seed, with the same trial budget, concurrency and wo
   on to the final training with the best trial's parameters and its evaluation on the test split;
 - on request (`--arms`), "conveyor tpe+asha, pruned unseen": the default as it was before TPE learned
   from pruned trials by their values (`tuning.sampler_view`), to measure before and after in one run;
+- on request, "conveyor tpe+asha, first rung at epoch 1": the default with `warmupEpochs: 1`;
 - Ray Tune: `OptunaSearch` over an Optuna `TPESampler` (the same start-up trials, drawn from the same
   random streams as Conveyor's trials of the same seed (`SameDraws`), and constant liar) with
   `ASHAScheduler` (grace period = Conveyor's warm-up, reduction factor 3), each trial a Ray Train
@@ -69,6 +70,10 @@ RAY = "ray tune optuna-tpe+asha"
 # Conveyor's default as it was before TPE learned from pruned trials by their values (see
 # `tuning.sampler_view`): kept so that before and after can be measured side by side in one run.
 BEFORE = "conveyor tpe+asha, pruned unseen"
+# The default with its first rung at epoch 1 (`warmupEpochs: 1`, Ray's default grace period) instead of
+# a tenth of the epochs: three rungs from 27 epochs on, where the default warm-up always leaves two.
+FIRST_RUNG_1 = "conveyor tpe+asha, first rung at epoch 1"
+CONVEYOR_ARMS[FIRST_RUNG_1] = {**CONVEYOR_ARMS["conveyor tpe+asha"], "warmupEpochs": 1}
 ARMS = [*CONVEYOR_ARMS, BEFORE, RAY]
 DEFAULT, RANDOM = "conveyor tpe+asha", "conveyor random, no pruning"
 SYNTHETIC = {"kind": "classification", "samples": 20000, "features": 40, "classes": 10, "noise": 0.05}
@@ -397,7 +402,7 @@ def summarise(
             f"{'met' if gap >= 0 else 'NOT met'}; trial-epochs {d['epochs']:.1f} vs {r['epochs']:.1f}"
         )
         print(f"  paired per seed, default - Ray Tune: {seed_differences(d, r, one_test)}")
-    for arm, other in ((DEFAULT, BEFORE), (BEFORE, RAY)):
+    for arm, other in ((DEFAULT, BEFORE), (BEFORE, RAY), (FIRST_RUNG_1, RANDOM), (FIRST_RUNG_1, RAY)):
         if arm in means and other in means:
             a, b = paired(results[arm], results[other])
             print(
@@ -472,8 +477,9 @@ def main() -> None:
         "--arms",
         nargs="+",
         choices=ARMS,
-        default=[a for a in ARMS if a != BEFORE],
-        help=f"default: every arm but {BEFORE!r} (the default as it was, for before/after runs)",
+        default=[a for a in ARMS if a not in (BEFORE, FIRST_RUNG_1)],
+        help=f"default: every arm but {BEFORE!r} (the default as it was, for before/after runs) and "
+        f"{FIRST_RUNG_1!r}",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     parser.add_argument("--trials", type=int, default=9)

@@ -6,11 +6,11 @@ needs many seeds and variants with everything else held still. Here each study i
 `tuning.Study` (rebuilt from trial records for every ask and every pruning check, as the engine does),
 each trial Conveyor's data arrays, model, optimizer and training step (as in `tuning_decidable`'s Ray
 trial), trained epoch by epoch in this process, and time is simulated: `--parallelism` trials at a time
-(default 3) of `--trials` (default 9, `tuning_decidable`'s budget), 9 epochs each, a trial's start
-costing 2 units and each of its epochs 1 + (its MLP's weights / 30,000), so small models reach rungs
-first as they do for real. Each trial keeps its own random state, so its curve does not depend on what
-ran beside it, and a study of 9 trials takes ~5-30 s on one core (time grows with its trial-epochs:
-~0.2-0.4 s each, so a random study of 27 trials, 243 of them, took 47-94 s here).
+(default 3) of `--trials` (default 9, `tuning_decidable`'s budget), `--epochs` each (default 9), a
+trial's start costing 2 units and each of its epochs 1 + (its MLP's weights / 30,000), so small models
+reach rungs first as they do for real. Each trial keeps its own random state, so its curve does not
+depend on what ran beside it, and a study of 9 trials takes ~5-30 s on one core (time grows with its
+trial-epochs: ~0.2-0.4 s each, so a random study of 27 trials, 243 of them, took 47-94 s here).
 
 Variants (`--variants`):
 - `conveyor`: Conveyor's default as it is (TPE told of pruned trials by their values, `tuning.sampler_view`);
@@ -27,6 +27,9 @@ Variants (`--variants`):
   every trial training all epochs: whether the default beats it, and how that changes with the budget.
   TPE's start-up trials come from the same per-trial streams, so for a seed both share their first
   trials (each TPE ask before `tuning.startup_trials` trials have finished is random) and differ after.
+- `conveyor, first rung at epoch 1`: `conveyor` with `warmupEpochs: 1` (`tuning_decidable`'s arm of
+  that name): the default warm-up (a tenth of the epochs) always leaves ASHA two rungs, this one
+  log3(epochs / 3) + 1 (rungs 1, 3, 9 of 27 epochs); Ray's rungs follow the warm-up too.
 
 Reported per variant: the best configuration's validation accuracy (what the final training then
 retrains; not the test metric: mean and sd over seeds) and trial-epochs, and per seed the difference
@@ -66,9 +69,18 @@ from conveyor.trainer.config import TrainerConfig, with_overrides
 from conveyor.trainer.models import build_model
 
 RANDOM = "random, no pruning"
-VARIANTS = ["conveyor", "conveyor, pruned unseen", "ray-like", "ray-like, conveyor draws", RANDOM]
+FIRST_RUNG_1 = "conveyor, first rung at epoch 1"
+VARIANTS = [
+    "conveyor",
+    "conveyor, pruned unseen",
+    "ray-like",
+    "ray-like, conveyor draws",
+    RANDOM,
+    FIRST_RUNG_1,
+]
 # The TuningSpec each variant starts from: `tuning_decidable`'s arm (algorithm, pruner) of that name.
 ARMS = {v: td.CONVEYOR_ARMS[td.RANDOM if v == RANDOM else td.DEFAULT] for v in VARIANTS}
+ARMS[FIRST_RUNG_1] = td.CONVEYOR_ARMS[td.FIRST_RUNG_1]
 START_COST = 2.0
 CPU = distributed.Context(0, 1, 0, torch.device("cpu"), "gloo")
 
@@ -160,7 +172,11 @@ def study(variant: str, spec: TuningSpec, base: TrainerConfig, data: Path, epoch
     records: list[TrialStatus] = []
     live: dict[int, Trial] = {}
     ready: dict[int, float] = {}  # trial number -> time its next epoch is done
-    rungs: dict[int, dict[int, float]] = {1: {}, 3: {}}
+    first, factor = tuning.warmup_epochs(spec, epochs), tuning.REDUCTION_FACTOR
+    # Ray's rungs: the grace period times powers of the factor (one at the last epoch stops nothing)
+    rungs: dict[int, dict[int, float]] = {
+        first * factor**k: {} for k in range(epochs) if first * factor**k < epochs
+    }
     now = 0.0
 
     def ask() -> None:
@@ -214,7 +230,14 @@ def study(variant: str, spec: TuningSpec, base: TrainerConfig, data: Path, epoch
 
 def summarise(results: dict[str, list[dict[str, Any]]], validation_rows: int) -> None:
     first = next(iter(results))
-    print("\n| variant | best validation: mean | sd | trial-epochs (mean) | per seed vs first, samples |")
+
+    def epochs(outcomes: list[dict[str, Any]]) -> float:
+        return statistics.mean(o["trialEpochs"] for o in outcomes)
+
+    print(
+        "\n| variant | best validation: mean | sd | trial-epochs (mean, % of first) "
+        "| per seed vs first, samples |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for variant, outcomes in results.items():
         best = [o["best"] for o in outcomes]
@@ -231,8 +254,22 @@ def summarise(results: dict[str, list[dict[str, Any]]], validation_rows: int) ->
         spread = statistics.stdev(best) if len(best) > 1 else 0.0
         print(
             f"| {variant} | {statistics.mean(best):.4f} | {spread:.4f} "
-            f"| {statistics.mean(o['trialEpochs'] for o in outcomes):.1f} | {paired} |"
+            f"| {epochs(outcomes):.1f} ({epochs(outcomes) / epochs(results[first]):.0%}) | {paired} |"
         )
+
+
+def report(paths: list[Path]) -> None:
+    """One table over several saved runs of the same shape (e.g. disjoint seeds run side by side)."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    shapes = {(r["trials"], r["parallelism"], r["epochs"], r["validationRows"]) for r in runs}
+    if len(shapes) != 1:
+        raise SystemExit(f"the runs differ in (trials, parallelism, epochs, validation rows): {shapes}")
+    variants = [v for v in runs[0]["results"] if all(v in r["results"] for r in runs)]
+    results = {v: [o for r in runs for o in r["results"][v]] for v in variants}
+    trials, parallelism, epochs, rows = shapes.pop()
+    seeds = [o["seed"] for o in results[variants[0]]]
+    print(f"configuration: {trials} trials, {parallelism} at a time, {epochs} epochs, seeds {seeds}")
+    summarise(results, rows)
 
 
 def main() -> None:
@@ -243,14 +280,23 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS[:3])
     parser.add_argument("--trials", type=int, default=9, help="trials per study (default: 9)")
     parser.add_argument("--parallelism", type=int, default=3, help="trials at a time (default: 3)")
+    parser.add_argument("--epochs", type=int, default=9, help="epochs per trial (default: 9)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "tuning_replay.json")
+    parser.add_argument(
+        "--report", type=Path, nargs="+", help="print the table of saved runs (their --out files) and exit"
+    )
     args = parser.parse_args()
-    if args.trials < 1 or args.parallelism < 1:
-        parser.error("--trials and --parallelism must be at least 1")
+    if args.report:
+        report(args.report)
+        return
+    if min(args.trials, args.parallelism, args.epochs) < 1:
+        parser.error("--trials, --parallelism and --epochs must be at least 1")
     if args.parallelism > args.trials:
         parser.error(f"--parallelism {args.parallelism} is more than --trials {args.trials}; lower it")
     torch.set_num_threads(1)
-    shape = argparse.Namespace(trials=args.trials, parallelism=args.parallelism, epochs=9, workers=1)
+    shape = argparse.Namespace(
+        trials=args.trials, parallelism=args.parallelism, epochs=args.epochs, workers=1
+    )
     doc = td.task_manifest("synthetic", shape)
     base = td.parse_spec(doc).trainer_config()
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
@@ -277,7 +323,12 @@ def main() -> None:
                     flush=True,
                 )
                 args.out.parent.mkdir(parents=True, exist_ok=True)
-                saved = {"seeds": args.seeds, **vars(shape), "results": results}
+                saved = {
+                    "seeds": args.seeds,
+                    **vars(shape),
+                    "validationRows": sizes["validation"],
+                    "results": results,
+                }
                 args.out.write_text(json.dumps(saved, indent=1) + "\n")
     print(
         f"\nconfiguration: {shape.trials} trials, {shape.parallelism} at a time, {shape.epochs} epochs, "
