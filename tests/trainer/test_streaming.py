@@ -141,7 +141,7 @@ def test_memory_stays_bounded_on_a_file_several_times_the_budget(tmp_path: Path)
     loading the large file whole would add (at least 7 x 64 = 448 MiB) over the same streamed runs on
     a file of 1x the budget. Their peak is the interpreter, torch, pyarrow and a bounded window of row
     groups; the window is larger on the large file (whole row groups, where the small file's units are
-    halved to go round), and the allocators (pyarrow's, and glibc's arenas, one per thread torch
+    halved to go round), and the allocators (pyarrow's, and glibc's arenas for the threads torch
     starts) keep freed pages a while: peaks of the same run vary by up to 100 MiB, prepare grew by
     102 MiB on a 4x file once in CI. So the file is 8x, to keep that noise far from the bound."""
     budget, features = 64 << 20, 255
