@@ -29,7 +29,7 @@ Variants (`--variants`):
   trials (each TPE ask before `tuning.startup_trials` trials have finished is random) and differ after.
 - `conveyor, first rung at epoch 1`: `conveyor` with `warmupEpochs: 1` (`tuning_decidable`'s arm of
   that name): the default warm-up (a tenth of the epochs) always leaves ASHA two rungs, this one
-  log3(epochs / 3) + 1 (rungs 1, 3, 9 of 27 epochs); Ray's rungs follow the warm-up too.
+  floor(log3(epochs / 3)) + 1 (rungs 1, 3, 9 of 27 epochs); Ray's rungs follow the warm-up too.
 
 Reported per variant: the best configuration's validation accuracy (what the final training then
 retrains; not the test metric: mean and sd over seeds) and trial-epochs, and per seed the difference
@@ -78,9 +78,9 @@ VARIANTS = [
     RANDOM,
     FIRST_RUNG_1,
 ]
-# The TuningSpec each variant starts from: `tuning_decidable`'s arm (algorithm, pruner) of that name.
-ARMS = {v: td.CONVEYOR_ARMS[td.RANDOM if v == RANDOM else td.DEFAULT] for v in VARIANTS}
-ARMS[FIRST_RUNG_1] = td.CONVEYOR_ARMS[td.FIRST_RUNG_1]
+# The TuningSpec each variant starts from: `tuning_decidable`'s arm of that name (the default's otherwise).
+ARM_OF = {RANDOM: td.RANDOM, FIRST_RUNG_1: td.FIRST_RUNG_1}
+ARMS = {v: td.CONVEYOR_ARMS[ARM_OF.get(v, td.DEFAULT)] for v in VARIANTS}
 START_COST = 2.0
 CPU = distributed.Context(0, 1, 0, torch.device("cpu"), "gloo")
 
