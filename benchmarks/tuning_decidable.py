@@ -12,7 +12,8 @@ it), and runs, per task and seed, with the same trial budget, concurrency and wo
   on to the final training with the best trial's parameters and its evaluation on the test split;
 - on request (`--arms`), "conveyor tpe+asha, pruned unseen": the default as it was before TPE learned
   from pruned trials by their values (`tuning.sampler_view`), to measure before and after in one run;
-- on request, "conveyor tpe+asha, first rung at epoch 1": the default with `warmupEpochs: 1`;
+- on request, "conveyor tpe+asha, first rung at epoch 1": `warmupEpochs: 1`, the default's rungs from
+  27 to 53 epochs (before the default's first rung became a 27th of the epochs, it was a tenth);
 - Ray Tune: `OptunaSearch` over an Optuna `TPESampler` (the same start-up trials, drawn from the same
   random streams as Conveyor's trials of the same seed (`SameDraws`), and constant liar) with
   `ASHAScheduler` (grace period = Conveyor's warm-up, reduction factor 3), each trial a Ray Train
@@ -65,8 +66,8 @@ CONVEYOR_ARMS = {
     "conveyor tpe+asha": {"algorithm": "tpe", "pruner": "asha"},
     "conveyor tpe+hyperband": {"algorithm": "tpe", "pruner": "hyperband"},
     "conveyor random, no pruning": {"algorithm": "random", "pruner": "none"},
-    # The default with its first rung at epoch 1 (Ray's default grace period) instead of a tenth of the
-    # epochs: three rungs from 27 epochs on, where the default warm-up always leaves two.
+    # The first rung at epoch 1 (Ray's default grace period): three rungs from 27 epochs on, as the
+    # default has since its first rung became a 27th of the epochs (a tenth always left two).
     "conveyor tpe+asha, first rung at epoch 1": {"algorithm": "tpe", "pruner": "asha", "warmupEpochs": 1},
 }
 RAY = "ray tune optuna-tpe+asha"
@@ -446,8 +447,10 @@ def save(
 
 
 def report(paths: list[Path]) -> None:
-    """The tables of saved runs, merged per task and arm (runs split by seed read as one)."""
-    merged: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    """The tables of saved runs, merged per task and arm (runs split by seed read as one; where two
+    runs hold the same task, arm and seed, the later path's replaces the earlier's, so a re-run of one
+    arm after a change reads against the other arms of an earlier run)."""
+    merged: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
     sizes: dict[str, dict[str, int]] = {}
     epochs: set[int] = set()
     for path in paths:
@@ -456,11 +459,11 @@ def report(paths: list[Path]) -> None:
         sizes.update(saved["sizes"])
         for task, arms in saved["results"].items():
             for arm, outcomes in arms.items():
-                merged.setdefault(task, {}).setdefault(arm, []).extend(outcomes)
+                merged.setdefault(task, {}).setdefault(arm, {}).update({o["seed"]: o for o in outcomes})
     if len(epochs) != 1:
         raise SystemExit(f"the runs trained different epochs ({sorted(epochs)}); report them apart")
     for task, arms in merged.items():
-        ordered = {arm: sorted(arms[arm], key=lambda o: o["seed"]) for arm in ARMS if arm in arms}
+        ordered = {arm: [arms[arm][seed] for seed in sorted(arms[arm])] for arm in ARMS if arm in arms}
         for arm, outcomes in ordered.items():
             print(f"{task} / {arm}: seeds {[o['seed'] for o in outcomes]}")
         summarise(task, ordered, sizes[task], next(iter(epochs)))

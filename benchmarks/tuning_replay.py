@@ -7,13 +7,17 @@ needs many seeds and variants with everything else held still. Here each study i
 each trial Conveyor's data arrays, model, optimizer and training step (as in `tuning_decidable`'s Ray
 trial), trained epoch by epoch in this process, and time is simulated: `--parallelism` trials at a time
 (default 3) of `--trials` (default 9, `tuning_decidable`'s budget), `--epochs` each (default 9), a
-trial's start costing 2 units and each of its epochs 1 + (its MLP's weights / 30,000), so small models
-reach rungs first as they do for real. Each trial keeps its own random state, so its curve does not
-depend on what ran beside it, and a study of 9 trials takes ~5-30 s on one core (time grows with its
-trial-epochs: ~0.2-0.4 s each, so a random study of 27 trials, 243 of them, took 47-94 s here).
+trial's start costing `--start-cost` units (default 2; a Ray Tune trial's start is ~20) and each of
+its epochs 1 + (its MLP's weights / 30,000), so small models reach rungs first as they do for real.
+Each trial keeps its own random state, so its curve does not depend on what ran beside it, and a study
+of 9 trials takes ~5-30 s on one core (time grows with its trial-epochs: ~0.2-0.4 s each, so a random
+study of 27 trials, 243 of them, took 47-94 s here).
 
 Variants (`--variants`):
-- `conveyor`: Conveyor's default as it is (TPE told of pruned trials by their values, `tuning.sampler_view`);
+- `conveyor`: Conveyor's default as it is (TPE told of pruned and running trials by their values,
+  `tuning.sampler_view`; ASHA's first rung a 27th of the epochs, at least 1, `tuning.asha_first_rung`;
+  runs saved before those two changes had neither: running trials as the liar's worst, a tenth of the
+  epochs, rungs 3 and 9 at 27 epochs);
 - `conveyor, pruned unseen`: as it was before (TPE told of pruned trials as pruned);
 - `ray-like`: what the Ray Tune arm does differently: one `TPESampler(seed)` drawing every trial from
   one stream (other start-up trials than Conveyor's for the same seed), Ray's `ASHAScheduler` rule
@@ -28,8 +32,12 @@ Variants (`--variants`):
   TPE's start-up trials come from the same per-trial streams, so for a seed both share their first
   trials (each TPE ask before `tuning.startup_trials` trials have finished is random) and differ after.
 - `conveyor, first rung at epoch 1`: `conveyor` with `warmupEpochs: 1` (`tuning_decidable`'s arm of
-  that name): the default warm-up (a tenth of the epochs) always leaves ASHA two rungs, this one
-  floor(log3(epochs / 3)) + 1 (rungs 1, 3, 9 of 27 epochs); Ray's rungs follow the warm-up too.
+  that name): floor(log3(epochs / 3)) + 1 rungs (1, 3, 9 of 27 epochs), where a tenth of the epochs
+  always left ASHA two; the default's rungs from 27 to 53 epochs; Ray's rungs follow the warm-up too;
+- `conveyor, ray's asha rule, first rung at epoch 1`: the same, stopping trials by Ray's ASHA rule
+  (as `ray-like`) instead of Optuna's, everything else Conveyor's: what the more lenient rule buys;
+- `conveyor, running trials as liars`: `conveyor` as it was before TPE was told of running trials by
+  their reports (`tuning.sampler_view`): the constant liar's worst, as Optuna has it.
 
 Reported per variant: the best configuration's validation accuracy (what the final training then
 retrains; not the test metric: mean and sd over seeds) and trial-epochs, and per seed the difference
@@ -57,6 +65,7 @@ import numpy as np
 import optuna
 import torch
 import yaml
+from optuna.trial import TrialState
 
 import tuning_decidable as td
 from conveyor.operator.api.spec import TuningSpec
@@ -70,6 +79,8 @@ from conveyor.trainer.models import build_model
 
 RANDOM = "random, no pruning"
 FIRST_RUNG_1 = "conveyor, first rung at epoch 1"
+RAY_RULE_1 = "conveyor, ray's asha rule, first rung at epoch 1"
+RUNNING_LIARS = "conveyor, running trials as liars"
 VARIANTS = [
     "conveyor",
     "conveyor, pruned unseen",
@@ -77,9 +88,11 @@ VARIANTS = [
     "ray-like, conveyor draws",
     RANDOM,
     FIRST_RUNG_1,
+    RAY_RULE_1,
+    RUNNING_LIARS,
 ]
 # The TuningSpec each variant starts from: `tuning_decidable`'s arm of that name (the default's otherwise).
-ARM_OF = {RANDOM: td.RANDOM, FIRST_RUNG_1: td.FIRST_RUNG_1}
+ARM_OF = {RANDOM: td.RANDOM, FIRST_RUNG_1: td.FIRST_RUNG_1, RAY_RULE_1: td.FIRST_RUNG_1}
 ARMS = {v: td.CONVEYOR_ARMS[ARM_OF.get(v, td.DEFAULT)] for v in VARIANTS}
 START_COST = 2.0
 CPU = distributed.Context(0, 1, 0, torch.device("cpu"), "gloo")
@@ -152,6 +165,12 @@ def variant_of_conveyor(variant: str, spec: TuningSpec) -> Iterator[None]:
     make_sampler, sampler_view = tuning.make_sampler, tuning.sampler_view
     if variant == "conveyor, pruned unseen":
         tuning.sampler_view = lambda state, value, intermediate, maximize: (state, value)
+    elif variant == RUNNING_LIARS:
+        tuning.sampler_view = lambda state, value, intermediate, maximize: (
+            (state, value)
+            if state == TrialState.RUNNING
+            else sampler_view(state, value, intermediate, maximize)
+        )
     elif variant == "ray-like":
         one = optuna.samplers.TPESampler(
             seed=spec.seed, n_startup_trials=tuning.startup_trials(spec), constant_liar=True
@@ -166,9 +185,17 @@ def variant_of_conveyor(variant: str, spec: TuningSpec) -> Iterator[None]:
         tuning.make_sampler, tuning.sampler_view = make_sampler, sampler_view
 
 
-def study(variant: str, spec: TuningSpec, base: TrainerConfig, data: Path, epochs: int) -> dict[str, Any]:
+def study(
+    variant: str,
+    spec: TuningSpec,
+    base: TrainerConfig,
+    data: Path,
+    epochs: int,
+    start_cost: float = START_COST,
+) -> dict[str, Any]:
     """One search to the end on the simulated clock; its best validation value and trial-epochs."""
     ray_like = variant.startswith("ray-like")
+    ray_rule = ray_like or variant == RAY_RULE_1
     records: list[TrialStatus] = []
     live: dict[int, Trial] = {}
     ready: dict[int, float] = {}  # trial number -> time its next epoch is done
@@ -189,7 +216,7 @@ def study(variant: str, spec: TuningSpec, base: TrainerConfig, data: Path, epoch
                 )
             )
             live[number] = Trial(base, data, params)
-            ready[number] = now + START_COST + live[number].cost
+            ready[number] = now + start_cost + live[number].cost
 
     with variant_of_conveyor(variant, spec):
         ask()
@@ -199,7 +226,7 @@ def study(variant: str, spec: TuningSpec, base: TrainerConfig, data: Path, epoch
             record, trial = records[number], live[number]
             value = trial.step()
             record.values = [*record.values, value]
-            if ray_like:
+            if ray_rule:
                 stop = ray_asha_stops(rungs, number, trial.epoch, value)
             else:
                 stop = tuning.Study(spec, records, True, epochs).check_pruning(record) is not None
@@ -259,15 +286,25 @@ def summarise(results: dict[str, list[dict[str, Any]]], validation_rows: int) ->
 
 
 def report(paths: list[Path]) -> None:
-    """One table over several saved runs of the same shape (e.g. disjoint seeds run side by side)."""
+    """One table over several saved runs of the same shape: disjoint seeds run side by side, or other
+    variants run later over the same seeds (a study is deterministic, so it pairs with the earlier ones).
+    When the runs differ in `--start-cost`, each variant is named with its run's. Variants are those
+    every seed has, in the order first seen."""
     runs = [json.loads(path.read_text()) for path in paths]
     shapes = {(r["trials"], r["parallelism"], r["epochs"], r["validationRows"]) for r in runs}
     if len(shapes) != 1:
         raise SystemExit(f"the runs differ in (trials, parallelism, epochs, validation rows): {shapes}")
-    variants = [v for v in runs[0]["results"] if all(v in r["results"] for r in runs)]
-    results = {v: [o for r in runs for o in r["results"][v]] for v in variants}
+    costs = {r.get("startCost", START_COST) for r in runs}
+    by_seed: dict[str, dict[int, dict[str, Any]]] = {}
+    for run in runs:
+        cost = run.get("startCost", START_COST)
+        for variant, outcomes in run["results"].items():
+            name = f"{variant} (start cost {cost:g})" if len(costs) > 1 else variant
+            by_seed.setdefault(name, {}).update({o["seed"]: o for o in outcomes})
+    seeds = sorted({seed for outcomes in by_seed.values() for seed in outcomes})
+    complete = {v: outcomes for v, outcomes in by_seed.items() if set(outcomes) == set(seeds)}
+    results = {v: [outcomes[seed] for seed in seeds] for v, outcomes in complete.items()}
     trials, parallelism, epochs, rows = shapes.pop()
-    seeds = [o["seed"] for o in results[variants[0]]]
     print(f"configuration: {trials} trials, {parallelism} at a time, {epochs} epochs, seeds {seeds}")
     summarise(results, rows)
 
@@ -281,6 +318,13 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=9, help="trials per study (default: 9)")
     parser.add_argument("--parallelism", type=int, default=3, help="trials at a time (default: 3)")
     parser.add_argument("--epochs", type=int, default=9, help="epochs per trial (default: 9)")
+    parser.add_argument(
+        "--start-cost",
+        type=float,
+        default=START_COST,
+        help=f"a trial's start in simulated units, an epoch being ~1 (default: {START_COST:g}, Conveyor's "
+        "fork server; a Ray Tune trial starts in ~10-20 epochs' time)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "tuning_replay.json")
     parser.add_argument(
         "--report", type=Path, nargs="+", help="print the table of saved runs (their --out files) and exit"
@@ -308,7 +352,7 @@ def main() -> None:
                 spec = td.parse_spec(yaml.safe_load(td.with_arm(doc, ARMS[variant], seed))).tuning
                 assert spec is not None
                 began = time.monotonic()
-                outcome = study(variant, spec, base, data, shape.epochs)
+                outcome = study(variant, spec, base, data, shape.epochs, args.start_cost)
                 results[variant].append({"seed": seed, **outcome})
                 print(
                     json.dumps(
@@ -326,6 +370,7 @@ def main() -> None:
                 saved = {
                     "seeds": args.seeds,
                     **vars(shape),
+                    "startCost": args.start_cost,
                     "validationRows": sizes["validation"],
                     "results": results,
                 }

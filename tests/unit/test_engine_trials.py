@@ -187,9 +187,9 @@ def test_max_epochs(tuned_max: int | None, most: int | str) -> None:
 @pytest.mark.parametrize(
     ("training", "expected"),
     [
-        ({"epochs": 30, "batchSize": 64}, ("epoch", 3, 30)),
-        ({"epochs": 30, "entrypoint": "mypkg.loop:train", "maxSteps": 900}, ("step", 90, 900)),
-        ({"epochs": 30, "command": ["python", "train.py"], "maxSteps": 50}, ("step", 5, 50)),
+        ({"epochs": 30, "batchSize": 64}, ("epoch", 1, 30)),
+        ({"epochs": 30, "entrypoint": "mypkg.loop:train", "maxSteps": 900}, ("step", 33, 900)),
+        ({"epochs": 30, "command": ["python", "train.py"], "maxSteps": 50}, ("step", 1, 50)),
         ({"epochs": 30, "entrypoint": "mypkg.loop:train"}, ("step", 1, None)),  # no pruner, no bound
     ],
 )

@@ -156,6 +156,32 @@ def test_tpe_learns_from_pruned_trials_by_their_values() -> None:
     assert sum(lr > 1e-2 for lr in proposals) >= 8, proposals
 
 
+# Under ASHA the promoted trials are the good ones, and they run longest: still running, trial 3 had
+# passed two rungs far ahead of every finished trial (as the constant liar's worst, TPE asked near trial
+# 0 instead: 8 times of 10).
+PROMOTED_STILL_RUNNING = [
+    trial_at(0, 1e-4, "Succeeded", [0.30] * 9),
+    trial_at(1, 1e-3, "Pruned", [0.12]),
+    trial_at(2, 3e-3, "Pruned", [0.10]),
+    trial_at(3, 3e-2, "Running", [0.60, 0.70, 0.75]),
+    trial_at(4, 5e-4, "Running", []),
+]
+
+
+def test_tpe_learns_from_running_trials_by_their_reports() -> None:
+    proposals = []
+    for seed in range(10):
+        spec = tuning(algorithm="tpe", pruner="asha", parameters=ONE, trials=9, seed=seed)
+        study = Study(spec, PROMOTED_STILL_RUNNING, maximize=True, max_epochs=9)
+        proposals.append(study.ask(5)[0]["optimizer.learningRate"])
+        assert study._asking is not None
+        told = [t.state for t in study._asking.get_trials(deepcopy=False)]
+        # Reported: ranked by its best report; not reported yet: the constant liar's worst, as before.
+        assert told[3:] == [TrialState.COMPLETE, TrialState.RUNNING, TrialState.RUNNING], told
+    # Near the running trial that leads, not the constant liar's worst.
+    assert sum(lr > 1e-2 for lr in proposals) >= 8, proposals
+
+
 def test_the_pruner_still_sees_pruned_trials_as_pruned() -> None:
     spec = tuning(algorithm="tpe", pruner="median", parameters=ONE, trials=9)
     study = Study(spec, ASHA_STUDY, maximize=True, max_epochs=9)
@@ -261,12 +287,31 @@ def test_pruning_checks_each_epoch_once() -> None:
 
 
 @pytest.mark.parametrize(
-    ("given", "epochs", "expected"), [(None, 30, 3), (None, 5, 1), (None, 100, 10), (7, 30, 7), (1, 30, 1)]
+    ("pruner", "given", "epochs", "expected"),
+    [
+        ("median", None, 30, 3),
+        ("hyperband", None, 5, 1),
+        ("hyperband", None, 100, 10),
+        ("median", 7, 30, 7),
+        ("asha", None, 30, 1),
+        ("asha", None, 100, 3),
+        ("asha", None, 300, 11),
+        ("asha", 7, 30, 7),
+    ],
 )
-def test_pruners_wait_a_tenth_of_the_epochs_unless_told(
-    given: int | None, epochs: int, expected: int
+def test_pruners_wait_a_tenth_of_the_epochs_asha_its_first_of_three_rungs_unless_told(
+    pruner: str, given: int | None, epochs: int, expected: int
 ) -> None:
-    assert warmup_epochs(tuning(warmup_epochs=given), epochs) == expected
+    assert warmup_epochs(tuning(pruner=pruner, warmup_epochs=given), epochs) == expected
+
+
+@pytest.mark.parametrize("epochs", [27, 30, 53, 54, 80, 81, 100, 242, 243, 1000])
+def test_asha_by_default_has_three_rungs_once_training_is_long_enough(epochs: int) -> None:
+    spec = tuning(pruner="asha")
+    bounded = make_pruner(spec, epochs)
+    assert isinstance(bounded, NoPruningAtTheEnd)
+    rungs = [r for r in (bounded.first_rung * 3**k for k in range(8)) if r <= bounded.last_rung]
+    assert len(rungs) == 3, rungs
 
 
 # --- pruning a user loop by step --------------------------------------------------------------------
@@ -381,18 +426,26 @@ def test_a_rebuilt_study_decides_the_same_for_a_user_loop() -> None:
 
 
 @pytest.mark.parametrize(
-    ("given", "max_steps", "expected"), [(None, 900, 90), (None, 5, 1), (None, None, 1), (40, 900, 40)]
+    ("pruner", "given", "max_steps", "expected"),
+    [
+        ("median", None, 900, 90),
+        ("median", None, 5, 1),
+        ("median", None, None, 1),
+        ("median", 40, 900, 40),
+        ("asha", None, 900, 33),
+        ("asha", 40, 900, 40),
+    ],
 )
-def test_user_loops_warm_up_a_tenth_of_max_steps_unless_told(
-    given: int | None, max_steps: int | None, expected: int
+def test_user_loops_warm_up_a_tenth_of_max_steps_asha_its_first_of_three_rungs_unless_told(
+    pruner: str, given: int | None, max_steps: int | None, expected: int
 ) -> None:
-    assert warmup_steps(tuning(warmup_steps=given), max_steps) == expected
+    assert warmup_steps(tuning(pruner=pruner, warmup_steps=given), max_steps) == expected
 
 
 def test_asha_on_a_user_loop_has_no_rung_after_a_third_of_max_steps() -> None:
     spec = tuning(pruner="asha")
     bounded = make_pruner(spec, Resource.steps(spec, 900))
-    assert isinstance(bounded, NoPruningAtTheEnd) and (bounded.first_rung, bounded.last_rung) == (90, 300)
+    assert isinstance(bounded, NoPruningAtTheEnd) and (bounded.first_rung, bounded.last_rung) == (33, 300)
     assert isinstance(
         make_pruner(tuning(pruner="none"), Resource.steps(spec, None)), optuna.pruners.NopPruner
     )

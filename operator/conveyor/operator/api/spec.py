@@ -132,7 +132,8 @@ class TuningSpec(Spec):
         ge=1,
         le=1000,
         description="Epochs every trial runs before a pruner may stop it (min resource); "
-        "default: a tenth of training.epochs.",
+        "default: a tenth of training.epochs, with pruner asha training.epochs / 27 (at least 1), "
+        "which leaves ASHA three rungs.",
     )
     parameters: list[TuningParameter] = Field(
         min_length=1, max_length=MAX_PARAMETERS, description="The search space."
@@ -147,7 +148,8 @@ class TuningSpec(Spec):
         default=None,
         ge=1,
         description="training.entrypoint or command: steps (as reports count them) every trial runs before "
-        "a pruner may stop it; default: a tenth of training.maxSteps.",
+        "a pruner may stop it; default: a tenth of training.maxSteps, with pruner asha "
+        "training.maxSteps / 27 (at least 1).",
     )
     stop_grace_period_seconds: int = Field(
         default=60,
