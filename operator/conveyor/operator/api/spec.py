@@ -133,7 +133,7 @@ class TuningSpec(Spec):
         le=1000,
         description="Epochs every trial runs before a pruner may stop it (min resource); "
         "default: a tenth of training.epochs, with pruner asha training.epochs / 27 (at least 1), "
-        "which leaves ASHA three rungs.",
+        "which leaves ASHA three rungs from 27 epochs on.",
     )
     parameters: list[TuningParameter] = Field(
         min_length=1, max_length=MAX_PARAMETERS, description="The search space."
