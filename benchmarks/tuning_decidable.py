@@ -14,6 +14,9 @@ it), and runs, per task and seed, with the same trial budget, concurrency and wo
   from pruned trials by their values (`tuning.sampler_view`), to measure before and after in one run;
 - on request, "conveyor tpe+asha, first rung at epoch 1": `warmupEpochs: 1`, the default's rungs from
   27 to 53 epochs (before the default's first rung became a 27th of the epochs, it was a tenth);
+- on request, "conveyor tpe+asha, ray's asha rule": the default stopping trials by Ray Tune's ASHA rule
+  (`RayAshaRule`) instead of Optuna's successive halving, everything else Conveyor's: what Ray's more
+  lenient rule, which spends more trial-epochs, buys with TPE told of running trials by their reports;
 - Ray Tune: `OptunaSearch` over an Optuna `TPESampler` (the same start-up trials, drawn from the same
   random streams as Conveyor's trials of the same seed (`SameDraws`), and constant liar) with
   `ASHAScheduler` (grace period = Conveyor's warm-up, reduction factor 3), each trial a Ray Train
@@ -53,6 +56,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import yaml
 
@@ -75,7 +79,8 @@ RAY = "ray tune optuna-tpe+asha"
 # `tuning.sampler_view`): kept so that before and after can be measured side by side in one run.
 BEFORE = "conveyor tpe+asha, pruned unseen"
 FIRST_RUNG_1 = "conveyor tpe+asha, first rung at epoch 1"
-ARMS = [*CONVEYOR_ARMS, BEFORE, RAY]
+RAY_RULE = "conveyor tpe+asha, ray's asha rule"
+ARMS = [*CONVEYOR_ARMS, BEFORE, RAY_RULE, RAY]
 DEFAULT, RANDOM = "conveyor tpe+asha", "conveyor random, no pruning"
 SYNTHETIC = {"kind": "classification", "samples": 20000, "features": 40, "classes": 10, "noise": 0.05}
 SYNTHETIC_SPACE = [
@@ -313,6 +318,42 @@ class SameDraws(optuna.samplers.TPESampler):
         super().before_trial(study, trial)
 
 
+class RayAshaRule(optuna.pruners.BasePruner):
+    """Ray Tune's `ASHAScheduler` rule (one bracket, reduction factor 3) as an Optuna pruner, for the arm
+    of that name: at each rung (the first rung times powers of 3) a trial goes on if its value is at least
+    the 2/3 quantile (linearly interpolated) of the values other trials recorded at that rung before it;
+    the first to reach a rung goes on. Optuna's successive halving instead keeps the top third rounded
+    down, at least the best, of every value recorded there, its own included: with 4 or 5 values only
+    the best goes on, where Ray's rule keeps about two. Rung values are kept where Optuna keeps them
+    (`tuning.RUNG_KEY_PREFIX`), so `tuning.NoPruningAtTheEnd` bounds the rungs as it does Optuna's."""
+
+    def __init__(self, first_rung: int) -> None:
+        self.first_rung = first_rung
+
+    @classmethod
+    def instead(cls, pruner: optuna.pruners.BasePruner) -> optuna.pruners.BasePruner:
+        """`pruner` (Conveyor's) with this rule in place of Optuna's successive halving, if ASHA."""
+        if isinstance(pruner, tuning.NoPruningAtTheEnd):
+            pruner.inner = cls(pruner.first_rung)
+        return pruner
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        step = trial.last_step
+        reached = sum(1 for key in trial.system_attrs if key.startswith(tuning.RUNG_KEY_PREFIX))
+        if step is None or step < self.first_rung * tuning.REDUCTION_FACTOR**reached:
+            return False
+        sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        value, key = sign * trial.intermediate_values[step], f"{tuning.RUNG_KEY_PREFIX}{reached}"
+        recorded = [
+            sign * t.system_attrs[key]
+            for t in study.get_trials(deepcopy=False)
+            if t.number != trial.number and key in t.system_attrs
+        ]
+        study._storage.set_trial_system_attr(trial._trial_id, key, sign * value)
+        cutoff = np.percentile(recorded, (1 - 1 / tuning.REDUCTION_FACTOR) * 100) if recorded else None
+        return cutoff is not None and value < float(cutoff)
+
+
 def with_doc_arm(doc: dict[str, Any], seed: int) -> dict[str, Any]:
     return yaml.safe_load(with_arm(doc, CONVEYOR_ARMS[DEFAULT], seed))
 
@@ -335,6 +376,13 @@ def conveyor_sweep(doc: dict[str, Any], arm: str, seed: int, workdir: Path) -> d
             return conveyor_sweep(doc, DEFAULT, seed, workdir)
         finally:
             tuning.sampler_view = view
+    if arm == RAY_RULE:
+        make_pruner = tuning.make_pruner
+        tuning.make_pruner = lambda tuning, max_epochs: RayAshaRule.instead(make_pruner(tuning, max_epochs))
+        try:
+            return conveyor_sweep(doc, DEFAULT, seed, workdir)
+        finally:
+            tuning.make_pruner = make_pruner
     outcome = run_pipeline(with_arm(doc, CONVEYOR_ARMS[arm], seed), workdir, test=True)
     best = max(
         (t for t in outcome["trials"] if t["value"] is not None), key=lambda t: t["value"], default=None
@@ -403,7 +451,15 @@ def summarise(
             f"{'met' if gap >= 0 else 'NOT met'}; trial-epochs {d['epochs']:.1f} vs {r['epochs']:.1f}"
         )
         print(f"  paired per seed, default - Ray Tune: {seed_differences(d, r, one_test)}")
-    for arm, other in ((DEFAULT, BEFORE), (BEFORE, RAY), (FIRST_RUNG_1, RANDOM), (FIRST_RUNG_1, RAY)):
+    for arm, other in (
+        (DEFAULT, BEFORE),
+        (BEFORE, RAY),
+        (FIRST_RUNG_1, RANDOM),
+        (FIRST_RUNG_1, RAY),
+        (RAY_RULE, DEFAULT),
+        (RAY_RULE, RANDOM),
+        (RAY_RULE, RAY),
+    ):
         if arm in means and other in means:
             a, b = paired(results[arm], results[other])
             print(
@@ -480,9 +536,9 @@ def main() -> None:
         "--arms",
         nargs="+",
         choices=ARMS,
-        default=[a for a in ARMS if a not in (BEFORE, FIRST_RUNG_1)],
-        help=f"default: every arm but {BEFORE!r} (the default as it was, for before/after runs) and "
-        f"{FIRST_RUNG_1!r}",
+        default=[a for a in ARMS if a not in (BEFORE, FIRST_RUNG_1, RAY_RULE)],
+        help=f"default: every arm but {BEFORE!r} (the default as it was, for before/after runs), "
+        f"{FIRST_RUNG_1!r} and {RAY_RULE!r}",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     parser.add_argument("--trials", type=int, default=9)

@@ -323,7 +323,7 @@ def main() -> None:
         type=float,
         default=START_COST,
         help=f"a trial's start in simulated units, an epoch being ~1 (default: {START_COST:g}, Conveyor's "
-        "fork server; a Ray Tune trial starts in ~10-20 epochs' time)",
+        "fork server; a Ray Tune trial starts in ~20 epochs' time)",
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "tuning_replay.json")
     parser.add_argument(
