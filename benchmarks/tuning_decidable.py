@@ -350,8 +350,14 @@ class RayAshaRule(optuna.pruners.BasePruner):
             if t.number != trial.number and key in t.system_attrs
         ]
         study._storage.set_trial_system_attr(trial._trial_id, key, sign * value)
-        cutoff = np.percentile(recorded, (1 - 1 / tuning.REDUCTION_FACTOR) * 100) if recorded else None
-        return cutoff is not None and value < float(cutoff)
+        return below_ray_cutoff(value, recorded)
+
+
+def below_ray_cutoff(value: float, recorded: list[float]) -> bool:
+    """Ray's `ASHAScheduler` decision at a rung (higher is better): stop a trial below the 2/3 quantile,
+    linearly interpolated, of the values recorded there before it; the first to arrive goes on."""
+    cutoff = np.nanpercentile(recorded, (1 - 1 / tuning.REDUCTION_FACTOR) * 100) if recorded else None
+    return cutoff is not None and value < float(cutoff)
 
 
 def with_doc_arm(doc: dict[str, Any], seed: int) -> dict[str, Any]:

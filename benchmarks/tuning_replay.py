@@ -61,7 +61,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import torch
 import yaml
@@ -149,13 +148,9 @@ def ray_asha_stops(rungs: dict[int, dict[int, float]], number: int, epoch: int, 
             return False
         if epoch < milestone:
             continue
-        cutoff = (
-            np.nanpercentile(list(recorded.values()), (1 - 1 / tuning.REDUCTION_FACTOR) * 100)
-            if recorded
-            else None
-        )
+        stop = td.below_ray_cutoff(value, list(recorded.values()))
         recorded[number] = value
-        return cutoff is not None and value < cutoff
+        return stop
     return False
 
 
