@@ -14,9 +14,11 @@ it), and runs, per task and seed, with the same trial budget, concurrency and wo
   from pruned trials by their values (`tuning.sampler_view`), to measure before and after in one run;
 - on request, "conveyor tpe+asha, first rung at epoch 1": `warmupEpochs: 1`, the default's rungs from
   27 to 53 epochs (before the default's first rung became a 27th of the epochs, it was a tenth);
-- on request, "conveyor tpe+asha, ray's asha rule": the default stopping trials by Ray Tune's ASHA rule
-  (`RayAshaRule`) instead of Optuna's successive halving, everything else Conveyor's: what Ray's more
-  lenient rule, which spends more trial-epochs, buys with TPE told of running trials by their reports;
+- on request, "conveyor tpe+asha, ray's asha rule": the default stopping trials by Ray Tune's ASHA rule at
+  every rung, its last too (`OneRule`), everything else Conveyor's: what Ray's more lenient rule buys,
+  and what it spends;
+- on request, "conveyor tpe+asha, optuna's successive halving": the default as it was before its ASHA
+  took Ray's rule before the last rung (`asha.Asha`): Optuna's top third at every rung (`OneRule`);
 - Ray Tune: `OptunaSearch` over an Optuna `TPESampler` (the same start-up trials, drawn from the same
   random streams as Conveyor's trials of the same seed (`SameDraws`), and constant liar) with
   `ASHAScheduler` (grace period = Conveyor's warm-up, reduction factor 3), each trial a Ray Train
@@ -56,13 +58,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import yaml
 
 from conveyor.operator.api.resource import load_manifest
 from conveyor.operator.api.spec import TrainingPipelineSpec, TuningSpec
-from conveyor.operator.engine import tuning
+from conveyor.operator.engine import asha, tuning
+from conveyor.operator.engine.tuning import Resource
 from tuning_common import run_pipeline
 
 REFERENCE = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "digits.yaml"
@@ -80,8 +82,17 @@ RAY = "ray tune optuna-tpe+asha"
 BEFORE = "conveyor tpe+asha, pruned unseen"
 FIRST_RUNG_1 = "conveyor tpe+asha, first rung at epoch 1"
 RAY_RULE = "conveyor tpe+asha, ray's asha rule"
-ARMS = [*CONVEYOR_ARMS, BEFORE, RAY_RULE, RAY]
+OPTUNA_RULE = "conveyor tpe+asha, optuna's successive halving"
+ARMS = [*CONVEYOR_ARMS, BEFORE, RAY_RULE, OPTUNA_RULE, RAY]
 DEFAULT, RANDOM = "conveyor tpe+asha", "conveyor random, no pruning"
+# Runs saved before the default's ASHA took Ray's rule before the last rung recorded the default as it
+# was under DEFAULT's name, and the new rule under an arm of its own: `report` reads them as they are
+# now. Runs saved since say so (`ASHA_KEY`).
+ASHA_KEY = "asha"
+RENAMED_BEFORE_ASHA = {
+    DEFAULT: OPTUNA_RULE,
+    "conveyor tpe+asha, ray's asha rule before the last rung": DEFAULT,
+}
 SYNTHETIC = {"kind": "classification", "samples": 20000, "features": 40, "classes": 10, "noise": 0.05}
 SYNTHETIC_SPACE = [
     {"name": "optimizer.learningRate", "type": "float", "min": 1e-4, "max": 0.3, "log": True},
@@ -318,46 +329,18 @@ class SameDraws(optuna.samplers.TPESampler):
         super().before_trial(study, trial)
 
 
-class RayAshaRule(optuna.pruners.BasePruner):
-    """Ray Tune's `ASHAScheduler` rule (one bracket, reduction factor 3) as an Optuna pruner, for the arm
-    of that name: at each rung (the first rung times powers of 3) a trial goes on if its value is at least
-    the 2/3 quantile (linearly interpolated) of the values other trials recorded at that rung before it;
-    the first to reach a rung goes on. Optuna's successive halving instead keeps the top third rounded
-    down, at least the best, of every value recorded there, its own included: with 4 or 5 values only
-    the best goes on, where Ray's rule keeps about two. Rung values are kept where Optuna keeps them
-    (`tuning.RUNG_KEY_PREFIX`), so `tuning.NoPruningAtTheEnd` bounds the rungs as it does Optuna's."""
+class OneRule(asha.Asha):
+    """Conveyor's ASHA (its rungs, where it keeps rung values) deciding every rung, its last too, by one
+    rule: Ray Tune's cutoff (`asha.below_ray_cutoff`) or Optuna's top third (`asha.below_top_third`)."""
 
-    def __init__(self, first_rung: int) -> None:
-        self.first_rung = first_rung
+    RULES = {RAY_RULE: asha.below_ray_cutoff, OPTUNA_RULE: asha.below_top_third}
 
-    @classmethod
-    def instead(cls, pruner: optuna.pruners.BasePruner) -> optuna.pruners.BasePruner:
-        """`pruner` (Conveyor's) with this rule in place of Optuna's successive halving, if ASHA."""
-        if isinstance(pruner, tuning.NoPruningAtTheEnd):
-            pruner.inner = cls(pruner.first_rung)
-        return pruner
+    def __init__(self, default: asha.Asha, arm: str) -> None:
+        super().__init__(default.first_rung, default.last_rung)
+        self.rule = self.RULES[arm]
 
-    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        step = trial.last_step
-        reached = sum(1 for key in trial.system_attrs if key.startswith(tuning.RUNG_KEY_PREFIX))
-        if step is None or step < self.first_rung * tuning.REDUCTION_FACTOR**reached:
-            return False
-        sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
-        value, key = sign * trial.intermediate_values[step], f"{tuning.RUNG_KEY_PREFIX}{reached}"
-        recorded = [
-            sign * t.system_attrs[key]
-            for t in study.get_trials(deepcopy=False)
-            if t.number != trial.number and key in t.system_attrs
-        ]
-        study._storage.set_trial_system_attr(trial._trial_id, key, sign * value)
-        return below_ray_cutoff(value, recorded)
-
-
-def below_ray_cutoff(value: float, recorded: list[float]) -> bool:
-    """Ray's `ASHAScheduler` decision at a rung (higher is better): stop a trial below the 2/3 quantile,
-    linearly interpolated, of the values recorded there before it; the first to arrive goes on."""
-    cutoff = np.nanpercentile(recorded, (1 - 1 / tuning.REDUCTION_FACTOR) * 100) if recorded else None
-    return cutoff is not None and value < float(cutoff)
+    def stops(self, value: float, recorded: list[float], last: bool) -> bool:
+        return self.rule(value, recorded)
 
 
 def with_doc_arm(doc: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -382,9 +365,14 @@ def conveyor_sweep(doc: dict[str, Any], arm: str, seed: int, workdir: Path) -> d
             return conveyor_sweep(doc, DEFAULT, seed, workdir)
         finally:
             tuning.sampler_view = view
-    if arm == RAY_RULE:
+    if arm in OneRule.RULES:
         make_pruner = tuning.make_pruner
-        tuning.make_pruner = lambda tuning, max_epochs: RayAshaRule.instead(make_pruner(tuning, max_epochs))
+
+        def one_rule(tuning: TuningSpec, max_epochs: int | Resource) -> optuna.pruners.BasePruner:
+            pruner = make_pruner(tuning, max_epochs)
+            return OneRule(pruner, arm) if isinstance(pruner, asha.Asha) else pruner
+
+        tuning.make_pruner = one_rule
         try:
             return conveyor_sweep(doc, DEFAULT, seed, workdir)
         finally:
@@ -462,9 +450,12 @@ def summarise(
         (BEFORE, RAY),
         (FIRST_RUNG_1, RANDOM),
         (FIRST_RUNG_1, RAY),
-        (RAY_RULE, DEFAULT),
+        (DEFAULT, OPTUNA_RULE),
+        (DEFAULT, RAY_RULE),
         (RAY_RULE, RANDOM),
         (RAY_RULE, RAY),
+        (OPTUNA_RULE, RANDOM),
+        (OPTUNA_RULE, RAY),
     ):
         if arm in means and other in means:
             a, b = paired(results[arm], results[other])
@@ -505,7 +496,8 @@ def save(
 ) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     config = {k: str(v) for k, v in vars(args).items()}
-    args.out.write_text(json.dumps({"args": config, "sizes": sizes, "results": results}, indent=1) + "\n")
+    saved = {"args": config, ASHA_KEY: "ray's rule before the last rung", "sizes": sizes, "results": results}
+    args.out.write_text(json.dumps(saved, indent=1) + "\n")
 
 
 def report(paths: list[Path]) -> None:
@@ -519,8 +511,10 @@ def report(paths: list[Path]) -> None:
         saved = json.loads(path.read_text())
         epochs.add(int(saved["args"]["epochs"]))
         sizes.update(saved["sizes"])
+        renamed = {} if ASHA_KEY in saved else RENAMED_BEFORE_ASHA
         for task, arms in saved["results"].items():
-            for arm, outcomes in arms.items():
+            for recorded, outcomes in arms.items():
+                arm = renamed.get(recorded, recorded)
                 merged.setdefault(task, {}).setdefault(arm, {}).update({o["seed"]: o for o in outcomes})
     if len(epochs) != 1:
         raise SystemExit(f"the runs trained different epochs ({sorted(epochs)}); report them apart")
@@ -542,9 +536,9 @@ def main() -> None:
         "--arms",
         nargs="+",
         choices=ARMS,
-        default=[a for a in ARMS if a not in (BEFORE, FIRST_RUNG_1, RAY_RULE)],
+        default=[a for a in ARMS if a not in (BEFORE, FIRST_RUNG_1, RAY_RULE, OPTUNA_RULE)],
         help=f"default: every arm but {BEFORE!r} (the default as it was, for before/after runs), "
-        f"{FIRST_RUNG_1!r} and {RAY_RULE!r}",
+        f"{FIRST_RUNG_1!r}, {RAY_RULE!r} and {OPTUNA_RULE!r}",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     parser.add_argument("--trials", type=int, default=9)

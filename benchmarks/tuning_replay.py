@@ -69,7 +69,7 @@ from optuna.trial import TrialState
 import tuning_decidable as td
 from conveyor.operator.api.spec import TuningSpec
 from conveyor.operator.api.status import TrialStatus
-from conveyor.operator.engine import tuning
+from conveyor.operator.engine import asha, tuning
 from conveyor.trainer import distributed
 from conveyor.trainer import train as conveyor_train
 from conveyor.trainer.artifacts import read_metadata
@@ -148,7 +148,7 @@ def ray_asha_stops(rungs: dict[int, dict[int, float]], number: int, epoch: int, 
             return False
         if epoch < milestone:
             continue
-        stop = td.below_ray_cutoff(value, list(recorded.values()))
+        stop = asha.below_ray_cutoff(value, list(recorded.values()))
         recorded[number] = value
         return stop
     return False
@@ -194,7 +194,7 @@ def study(
     records: list[TrialStatus] = []
     live: dict[int, Trial] = {}
     ready: dict[int, float] = {}  # trial number -> time its next epoch is done
-    first, factor = tuning.warmup_epochs(spec, epochs), tuning.REDUCTION_FACTOR
+    first, factor = tuning.warmup_epochs(spec, epochs), asha.REDUCTION_FACTOR
     # Ray's rungs: the grace period times powers of the factor (one at the last epoch stops nothing)
     rungs: dict[int, dict[int, float]] = {
         first * factor**k: {} for k in range(epochs) if first * factor**k < epochs

@@ -11,8 +11,8 @@ from optuna.trial import TrialState
 
 from conveyor.operator.api.spec import TuningSpec
 from conveyor.operator.api.status import TrialStatus
+from conveyor.operator.engine.asha import Asha
 from conveyor.operator.engine.tuning import (
-    NoPruningAtTheEnd,
     Resource,
     Study,
     distributions,
@@ -308,10 +308,9 @@ def test_pruners_wait_a_tenth_of_the_epochs_asha_its_first_of_three_rungs_unless
 @pytest.mark.parametrize("epochs", [27, 30, 53, 54, 80, 81, 100, 242, 243, 1000])
 def test_asha_by_default_has_three_rungs_once_training_is_long_enough(epochs: int) -> None:
     spec = tuning(pruner="asha")
-    bounded = make_pruner(spec, epochs)
-    assert isinstance(bounded, NoPruningAtTheEnd)
-    rungs = [r for r in (bounded.first_rung * 3**k for k in range(8)) if r <= bounded.last_rung]
-    assert len(rungs) == 3, rungs
+    asha = make_pruner(spec, epochs)
+    assert isinstance(asha, Asha)
+    assert len(asha.rungs()) == 3, asha.rungs()
 
 
 # --- pruning a user loop by step --------------------------------------------------------------------
@@ -444,8 +443,8 @@ def test_user_loops_warm_up_a_tenth_of_max_steps_asha_its_first_of_three_rungs_u
 
 def test_asha_on_a_user_loop_has_no_rung_after_a_third_of_max_steps() -> None:
     spec = tuning(pruner="asha")
-    bounded = make_pruner(spec, Resource.steps(spec, 900))
-    assert isinstance(bounded, NoPruningAtTheEnd) and (bounded.first_rung, bounded.last_rung) == (33, 300)
+    asha = make_pruner(spec, Resource.steps(spec, 900))
+    assert isinstance(asha, Asha) and asha.rungs() == [33, 99, 297]
     assert isinstance(
         make_pruner(tuning(pruner="none"), Resource.steps(spec, None)), optuna.pruners.NopPruner
     )

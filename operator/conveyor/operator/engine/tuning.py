@@ -17,20 +17,20 @@ Choices: TPE and CMA-ES start with `max(2, min(10, trials // 3))` random trials 
 still leave room for the model); TPE uses the constant liar so parallel asks spread out; CMA-ES
 samples categorical parameters with an independent random sampler (CMA-ES is continuous only); grid
 search runs at most the size of the grid. ASHA and Hyperband use reduction factor 3 with
-`warmupEpochs` as the minimum resource (ASHA with no rung in the last part of training: see
-`NoPruningAtTheEnd`); the median pruner waits for `warmupEpochs` and a few finished trials.
+`warmupEpochs` as the minimum resource (ASHA's rule and its rungs, none in the last part of
+training: `asha.Asha`); the median pruner waits for `warmupEpochs` and a few finished trials.
 `warmupEpochs` defaults to a tenth of the epochs (one epoch says little about a learning rate, and
 the median pruner and Hyperband's most aggressive bracket judge a trial on the first rung alone),
 except under ASHA, whose default first rung is the largest that leaves it three rungs
 (`asha_first_rung`: a 27th of the epochs, at least 1; Ray Tune's default grace period is 1 epoch).
 With a tenth, ASHA always had exactly two rungs (w and 3w; 9w lies past epochs / 3), so a trial
 promoted once and stopped at the next rung had trained nearly a third of the epochs (a ninth with
-three rungs); ASHA's first rung stops only those below the top third, so judging early costs little.
-Measured on issue 13's synthetic task (27 trials x 27 epochs, benchmarks/RESULTS.md): three rungs
-spent 27% of random search's trial-epochs (16 seeds, test metric +19 +- 22 samples over random's), two
-rungs 40.5% (8 seeds, -5 +- 21). The reference digits pipeline (30 epochs) paid a little for the
-earlier rung alone: 0.9846 test accuracy on average instead of 0.9870 over 12 runs each (two thirds
-of an image of 270).
+three rungs); ASHA stops only the trials below most of those that reached a rung, so judging early
+costs little. Measured on issue 13's synthetic task (27 trials x 27 epochs, benchmarks/RESULTS.md;
+Optuna's rule at every rung, as ASHA then had): three rungs spent 27% of random search's
+trial-epochs (16 seeds, test metric +19 +- 22 samples over random's), two rungs 40.5% (8 seeds,
+-5 +- 21). The reference digits pipeline (30 epochs) paid a little for the earlier rung alone:
+0.9846 test accuracy on average instead of 0.9870 over 12 runs each (two thirds of an image of 270).
 
 What TPE learns from a pruned trial (`sampler_view`): TPE asks from a copy of the study in which a
 pruned trial counts as completed with its value (its best report, as a succeeded trial's value is its
@@ -92,10 +92,9 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from conveyor.operator.api.spec import TuningSpec
 from conveyor.operator.api.status import TrialStatus
+from conveyor.operator.engine.asha import REDUCTION_FACTOR, Asha
 
 STUDY_NAME = "conveyor"
-REDUCTION_FACTOR = 3
-RUNG_KEY_PREFIX = "completed_rung_"  # Optuna's successive halving: a trial's value at each rung it reached
 CHECKED_KEY = "conveyor:checked"  # last report (epoch, or user-loop report) the pruner has seen, per trial
 # Attributes Optuna keeps that can be recomputed from the spec, so they are not stored per trial.
 RECOMPUTED_ATTRS = frozenset({"search_space"})
@@ -208,26 +207,6 @@ class Resource:
         return cls("step", warmup_steps(tuning, max_steps), max_steps)
 
 
-class NoPruningAtTheEnd(optuna.pruners.BasePruner):
-    """Successive halving without rungs in the last part of training: Optuna's rungs have no upper
-    bound, so with 30 epochs, warm-up 3 and factor 3 a trial could be pruned after epoch 27 (saving 3
-    epochs of 30), and with warm-up 10 at epoch 30 itself, a finished trial thrown away (measured:
-    trial-epochs spent, trials completed 1 of 12). A rung must leave a promoted trial room to
-    train: none after `last_rung`. The bound is on the rung, not on the report that reaches it: a
-    user loop reports on its own grid, so the rung at step 300 is judged at the first report past it
-    (step 360, say), which is still that rung's decision."""
-
-    def __init__(self, inner: optuna.pruners.BasePruner, last_rung: int, first_rung: int) -> None:
-        self.inner = inner
-        self.last_rung = last_rung
-        self.first_rung = first_rung
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        completed = sum(1 for key in trial.system_attrs if key.startswith(RUNG_KEY_PREFIX))
-        rung = self.first_rung * REDUCTION_FACTOR**completed  # the rung this report would complete
-        return trial.last_step is not None and rung <= self.last_rung and self.inner.prune(study, trial)
-
-
 def make_pruner(tuning: TuningSpec, max_epochs: int | Resource) -> optuna.pruners.BasePruner:
     """The spec's pruner over `max_epochs` epochs of Conveyor's loop, or over a given `Resource`."""
     resource = max_epochs if isinstance(max_epochs, Resource) else Resource.epochs(tuning, max_epochs)
@@ -240,8 +219,7 @@ def make_pruner(tuning: TuningSpec, max_epochs: int | Resource) -> optuna.pruner
             n_startup_trials=max(1, min(5, tuning.trials // 4)), n_warmup_steps=warmup
         )
     if tuning.pruner == "asha":
-        asha = optuna.pruners.SuccessiveHalvingPruner(min_resource=warmup, reduction_factor=REDUCTION_FACTOR)
-        return NoPruningAtTheEnd(asha, max(warmup, most // REDUCTION_FACTOR), warmup)
+        return Asha(warmup, last_rung=max(warmup, most // REDUCTION_FACTOR))
     if tuning.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=warmup,
