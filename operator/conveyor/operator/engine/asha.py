@@ -13,10 +13,10 @@ from an early rung costs two rungs' worth (from epoch 1 to 3, from 3 to 9); goin
 costs the rest of training (from 9 to 27 of 27 epochs), two thirds of a trial's budget. Measured on
 issue 13's synthetic task (27 trials x 27 epochs, 32 seeds, benchmarks/RESULTS.md): with Optuna's rule
 at every rung, the final model trailed Ray Tune's search by 28 +- 11 test samples of 3,000; with Ray's
-rule at every rung, by 9 +- 8, spending 40% of random search's trial-epochs; with this one, by 8 +- 12
-(within noise), spending 36%, as much as Ray Tune. On digits (9 trials x 9 epochs, two rungs) the
-accuracy is saturated: the same as Optuna's rule and random search, for 44% of random's trial-epochs
-instead of Optuna's rule's 38%.
+rule at every rung, by 9 +- 8, spending 40% of random search's trial-epochs; with this one, by 18 +- 10
+over 42 seeds (8 +- 12 over the first 32), spending 37%, as much as Ray Tune. On digits (9 trials x
+9 epochs, two rungs) the accuracy is saturated: the same as Optuna's rule and random search, for 44%
+of random's trial-epochs instead of Optuna's rule's 38%.
 
 No rung in the last part of training: Optuna's rungs have no upper bound, so with 30 epochs, warm-up
 3 and factor 3 a trial could be stopped after epoch 27 (saving 3 epochs of 30), and with warm-up 10
