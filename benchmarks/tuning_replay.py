@@ -16,8 +16,9 @@ study of 27 trials, 243 of them, took 47-94 s here).
 Variants (`--variants`):
 - `conveyor`: Conveyor's default as it is (TPE told of pruned and running trials by their values,
   `tuning.sampler_view`; ASHA's first rung a 27th of the epochs, at least 1, `tuning.asha_first_rung`;
-  runs saved before those two changes had neither: running trials as the liar's worst, a tenth of the
-  epochs, rungs 3 and 9 at 27 epochs);
+  Ray's ASHA rule before the last rung, `asha.Asha`; runs saved before those changes had none of them:
+  running trials as the liar's worst, a tenth of the epochs, rungs 3 and 9 at 27 epochs, Optuna's top
+  third at every rung);
 - `conveyor, pruned unseen`: as it was before (TPE told of pruned trials as pruned);
 - `ray-like`: what the Ray Tune arm does differently: one `TPESampler(seed)` drawing every trial from
   one stream (other start-up trials than Conveyor's for the same seed), Ray's `ASHAScheduler` rule
@@ -34,8 +35,8 @@ Variants (`--variants`):
 - `conveyor, first rung at epoch 1`: `conveyor` with `warmupEpochs: 1` (`tuning_decidable`'s arm of
   that name): floor(log3(epochs / 3)) + 1 rungs (1, 3, 9 of 27 epochs), where a tenth of the epochs
   always left ASHA two; the default's rungs from 27 to 53 epochs; Ray's rungs follow the warm-up too;
-- `conveyor, ray's asha rule, first rung at epoch 1`: the same, stopping trials by Ray's ASHA rule
-  (as `ray-like`) instead of Optuna's, everything else Conveyor's: what the more lenient rule buys;
+- `conveyor, ray's asha rule, first rung at epoch 1`: the same, stopping trials by Ray's ASHA rule at
+  every rung (as `ray-like`) instead of the default's, everything else Conveyor's;
 - `conveyor, running trials as liars`: `conveyor` as it was before TPE was told of running trials by
   their reports (`tuning.sampler_view`): the constant liar's worst, as Optuna has it.
 

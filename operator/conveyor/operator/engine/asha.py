@@ -74,7 +74,7 @@ class Asha(optuna.pruners.BasePruner):
             recorded = [
                 sign * t.system_attrs[key]
                 for t in study.get_trials(deepcopy=False)
-                if t.number != trial.number and key in t.system_attrs and not math.isnan(t.system_attrs[key])
+                if t.number != trial.number and key in t.system_attrs
             ]
             study._storage.set_trial_system_attr(trial._trial_id, key, raw)
             if self.stops(sign * raw, recorded, last=index == len(rungs) - 1):
