@@ -16,6 +16,8 @@ from typing import Any
 from conveyor.operator.api.resource import load_manifest
 from conveyor.operator.api.status import PipelineStatus
 from conveyor.operator.localrun import LocalRun
+from conveyor.trainer import progress
+from conveyor.trainer.artifacts import workload_dir
 
 
 def tuned(status: PipelineStatus) -> bool:
@@ -28,12 +30,19 @@ def finished(status: PipelineStatus) -> bool:
     return status.phase in ("Failed", "Succeeded")
 
 
+def trained_epochs(root: Path, workload: str) -> int:
+    """The epochs a workload trained to their end: its epoch events, whether the tuner saw them or not."""
+    return sum(e.get("event") == "epoch" for e in progress.read_events(root / workload_dir(workload)))
+
+
 def run_pipeline(manifest: str, workdir: Path, test: bool = False) -> dict[str, Any]:
     """Run `manifest` in `workdir` until the tuning stage is done, or with `test` until the pipeline
     is (final training with the best trial's parameters, evaluated on the test split).
 
     Returned: `best` (best trial value), `test` (the final model's test value of the objective metric,
-    None without `test`), `trialEpochs` (epochs trained, summed over trials), `pruned`, `tuneSeconds`
+    None without `test`), `trialEpochs` (epochs reported to the tuner, summed over trials),
+    `trainedEpochs` (epochs trained to their end, from the trials' progress files: more than reported
+    where a pruned trial trained on while its stop travelled), `pruned`, `tuneSeconds`
     (start to the tuning stage done, preparing the data included), `seconds` (start to the end),
     `phase`, `message` and every trial's parameters and per-epoch values."""
     pipeline = load_manifest(manifest)[0]
@@ -57,6 +66,7 @@ def run_pipeline(manifest: str, workdir: Path, test: bool = False) -> dict[str, 
         "best": (max if pipeline.spec.task.maximize else min)(values) if values else None,
         "test": (model or {}).get(metric),
         "trialEpochs": sum(len(t.values) for t in status.trials),
+        "trainedEpochs": sum(trained_epochs(run.root, t.name) for t in status.trials),
         "pruned": sum(t.state == "Pruned" for t in status.trials),
         "tuneSeconds": round(marks.get("tune", time.monotonic() - started), 2),
         "seconds": round(time.monotonic() - started, 2),

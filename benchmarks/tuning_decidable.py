@@ -19,6 +19,10 @@ it), and runs, per task and seed, with the same trial budget, concurrency and wo
   and what it spends;
 - on request, "conveyor tpe+asha, optuna's successive halving": the default as it was before its ASHA
   took Ray's rule before the last rung (`asha.Asha`): Optuna's top third at every rung (`OneRule`);
+- on request, "conveyor tpe+asha, no verdict wait": the default as it was before its trials waited at
+  each rung for the verdict (`tuning.verdict_epochs`), so that what a pruned trial trained while its
+  stop travelled shows (epochs trained to the end, from the trials' progress files, beside the epochs
+  the tuner saw);
 - Ray Tune: `OptunaSearch` over an Optuna `TPESampler` (the same start-up trials, drawn from the same
   random streams as Conveyor's trials of the same seed (`SameDraws`), and constant liar) with
   `ASHAScheduler` (grace period = Conveyor's warm-up, reduction factor 3), each trial a Ray Train
@@ -63,7 +67,7 @@ import yaml
 
 from conveyor.operator.api.resource import load_manifest
 from conveyor.operator.api.spec import TrainingPipelineSpec, TuningSpec
-from conveyor.operator.engine import asha, tuning
+from conveyor.operator.engine import asha, tuning, workload_kinds
 from conveyor.operator.engine.tuning import Resource
 from tuning_common import run_pipeline
 
@@ -83,7 +87,10 @@ BEFORE = "conveyor tpe+asha, pruned unseen"
 FIRST_RUNG_1 = "conveyor tpe+asha, first rung at epoch 1"
 RAY_RULE = "conveyor tpe+asha, ray's asha rule"
 OPTUNA_RULE = "conveyor tpe+asha, optuna's successive halving"
-ARMS = [*CONVEYOR_ARMS, BEFORE, RAY_RULE, OPTUNA_RULE, RAY]
+# The default as it was before its trials waited at each rung for the verdict (`tuning.verdict_epochs`):
+# a pruned trial trains on while its stop travels.
+NO_WAIT = "conveyor tpe+asha, no verdict wait"
+ARMS = [*CONVEYOR_ARMS, BEFORE, RAY_RULE, OPTUNA_RULE, NO_WAIT, RAY]
 DEFAULT, RANDOM = "conveyor tpe+asha", "conveyor random, no pruning"
 # Runs saved before the default's ASHA took Ray's rule before the last rung recorded the default as it
 # was under DEFAULT's name, and the new rule under an arm of its own: `report` reads them as they are
@@ -365,6 +372,13 @@ def conveyor_sweep(doc: dict[str, Any], arm: str, seed: int, workdir: Path) -> d
             return conveyor_sweep(doc, DEFAULT, seed, workdir)
         finally:
             tuning.sampler_view = view
+    if arm == NO_WAIT:
+        waits = workload_kinds.verdict_epochs
+        workload_kinds.verdict_epochs = lambda spec: ()
+        try:
+            return conveyor_sweep(doc, DEFAULT, seed, workdir)
+        finally:
+            workload_kinds.verdict_epochs = waits
     if arm in OneRule.RULES:
         make_pruner = tuning.make_pruner
 
@@ -394,15 +408,15 @@ def summarise(
         f"(one test sample = {one_test:.5f})\n"
     )
     print(
-        "| arm | final test metric: mean | sd | min-max | trial-epochs (mean) | sweep s (mean) "
-        "| best validation (mean) |"
+        "| arm | final test metric: mean | sd | min-max | trial-epochs (mean) | trained to the end (mean) "
+        "| sweep s (mean) | best validation (mean) |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     means: dict[str, dict[str, float]] = {}
     for arm, outcomes in results.items():
         tests = [o["test"] for o in outcomes if o["test"] is not None]
         if not tests:
-            print(f"| {arm} | no result | | | | | |")
+            print(f"| {arm} | no result | | | | | | |")
             continue
         m = {
             "test": statistics.mean(tests),
@@ -412,9 +426,11 @@ def summarise(
             "best": statistics.mean(o["best"] for o in outcomes if o["best"] is not None),
         }
         means[arm] = m
+        trained = [o["trainedEpochs"] for o in outcomes if "trainedEpochs" in o]  # Ray's and older runs: none
         print(
             f"| {arm} | {m['test']:.4f} | {m['sd']:.4f} | {min(tests):.4f}-{max(tests):.4f} "
-            f"| {m['epochs']:.1f} | {m['seconds']:.1f} | {m['best']:.4f} |"
+            f"| {m['epochs']:.1f} | {f'{statistics.mean(trained):.1f}' if trained else '-'} "
+            f"| {m['seconds']:.1f} | {m['best']:.4f} |"
         )
     random_values = [
         t["values"][-1] for o in results.get(RANDOM, []) for t in o["trials"] if len(t["values"]) == epochs
@@ -452,6 +468,8 @@ def summarise(
         (FIRST_RUNG_1, RAY),
         (DEFAULT, OPTUNA_RULE),
         (DEFAULT, RAY_RULE),
+        (DEFAULT, NO_WAIT),
+        (NO_WAIT, RAY),
         (RAY_RULE, RANDOM),
         (RAY_RULE, RAY),
         (OPTUNA_RULE, RANDOM),

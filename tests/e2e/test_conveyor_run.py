@@ -19,6 +19,7 @@ import pytest
 import tritonclient.http as triton
 
 from conveyor.operator.executors.local import free_port
+from conveyor.trainer import progress
 from tests.helpers.processes import leftovers
 
 pytestmark = pytest.mark.slow
@@ -199,6 +200,26 @@ def resumes_to_completion(manifest: Path, root: Path, finished: dict[str, float]
         assert (root / "trials" / name / "result.json").stat().st_mtime == mtime, f"{name} ran again"
     assert status["phase"] == "Succeeded"
     assert leftovers(lambda: children_of(root), timeout=15) == []
+
+
+def test_a_pruned_trial_trains_nothing_past_its_rung(tmp_path: Path) -> None:
+    """Trials under ASHA wait at each rung for the verdict, so a pruned one stopped there, though its
+    epochs take milliseconds and the stop a reconcile."""
+    manifest = tmp_path / "asha.yaml"
+    manifest.write_text(
+        MANIFEST.replace("trials: 3", "trials: 8")
+        .replace("pruner: none", "pruner: asha")
+        .replace("epochs: 6,", "epochs: 9,")
+        .replace("min: 0.005, max: 0.05", "min: 0.00001, max: 0.5")
+    )
+    root = tmp_path / "run"
+    proc = start(manifest, root, "--no-serve")
+    assert proc.wait(timeout=600) == 0, proc.stdout.read() if proc.stdout else ""
+    pruned = [t for t in status_of(root)["trials"] if t["state"] == "Pruned"]
+    assert pruned
+    for trial in pruned:
+        trained = [e for e in progress.read_events(root / "trials" / trial["name"]) if e["event"] == "epoch"]
+        assert len(trained) in (1, 3) and f"after epoch {len(trained)} " in trial["message"], trial
 
 
 def test_interrupt_mid_sweep_then_resume(long_trials: Path, tmp_path: Path) -> None:

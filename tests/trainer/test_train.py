@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conveyor.trainer import distributed, progress
-from conveyor.trainer.artifacts import read_card
+from conveyor.trainer.artifacts import CHECKPOINT_DIR, LATEST_CHECKPOINT, read_card
 from conveyor.trainer.config import ScheduleSpec
 from conveyor.trainer.data.prepare import load_split
 from conveyor.trainer.metrics import compute_metrics
@@ -78,6 +78,30 @@ def test_early_stopping_stops_all_after_patience(iris: Path, tmp_path: Path) -> 
     result = train(cfg, iris, tmp_path)
     assert result["stoppedEarly"] and result["epochsRun"] == 3 and result["bestEpoch"] == 1
     assert len(progress.read_events(tmp_path)) == 3
+
+
+@pytest.mark.parametrize(
+    ("training", "waits"),
+    [
+        ({"epochs": 9}, [1, 3]),  # not after the last epoch: nothing is left to decide
+        ({"epochs": 3}, [1]),
+        ({"epochs": 9, "earlyStopping": {"patience": 1, "minDelta": 0.9}}, [1]),  # stopped at 2
+    ],
+)
+def test_a_trial_waits_for_its_verdict_after_each_rung_with_the_epoch_reported_and_saved(
+    training: dict[str, object], waits: list[int], iris: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(progress.VERDICT_EPOCHS_ENV, "1,3")
+    seen: list[tuple[int, int, int]] = []
+
+    def await_verdict(model_dir: Path, epoch: int) -> bool:
+        saved = torch.load(model_dir / CHECKPOINT_DIR / LATEST_CHECKPOINT, weights_only=False)["epoch"]
+        seen.append((epoch, len(progress.read_events(model_dir)), saved))
+        return True
+
+    monkeypatch.setattr(progress, "await_verdict", await_verdict)
+    train(config(data={"source": "builtin://iris"}, training=training), iris, tmp_path)
+    assert seen == [(epoch, epoch, epoch) for epoch in waits]
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,7 @@ from conveyor.operator.engine.trials import (
     MAX_SAMPLER_STATES,
     count,
     keep_sampler_state,
-    max_epochs,
     ranked,
-    resource,
     sampler_state,
 )
 from tests.helpers.specs import make_spec, small_tuning
@@ -171,32 +169,3 @@ def test_only_the_newest_sampler_states_are_kept() -> None:
         keep_sampler_state(status, number, {"n": number})
     assert status.tuning is not None and status.tuning.sampler_state is not None
     assert sorted(status.tuning.sampler_state, key=int) == ["2", "9", "10"][-MAX_SAMPLER_STATES:]
-
-
-@pytest.mark.parametrize(("tuned_max", "most"), [(None, "spec"), (1000, 1000), (2, "spec")])
-def test_max_epochs(tuned_max: int | None, most: int | str) -> None:
-    tuning = small_tuning()
-    if tuned_max is not None:
-        epochs = {"name": "training.epochs", "type": "int", "min": 1, "max": tuned_max}
-        tuning["parameters"] = [*tuning["parameters"], epochs]
-    spec = make_spec(tuning=tuning)
-    assert spec.training.epochs > 2
-    assert max_epochs(spec) == (spec.training.epochs if most == "spec" else most)
-
-
-@pytest.mark.parametrize(
-    ("training", "expected"),
-    [
-        ({"epochs": 30, "batchSize": 64}, ("epoch", 1, 30)),
-        ({"epochs": 30, "entrypoint": "mypkg.loop:train", "maxSteps": 900}, ("step", 33, 900)),
-        ({"epochs": 30, "command": ["python", "train.py"], "maxSteps": 50}, ("step", 1, 50)),
-        ({"epochs": 30, "entrypoint": "mypkg.loop:train"}, ("step", 1, None)),  # no pruner, no bound
-    ],
-)
-def test_pruners_count_epochs_of_conveyors_loop_and_steps_of_a_user_loop(
-    training: dict[str, Any], expected: tuple[str, int, int | None]
-) -> None:
-    pruner = "asha" if "maxSteps" in training or "entrypoint" not in training else "none"
-    spec = make_spec(training=training, tuning=small_tuning(pruner=pruner))
-    found = resource(spec)
-    assert (found.unit, found.warmup, found.most) == expected

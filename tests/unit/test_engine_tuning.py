@@ -18,10 +18,14 @@ from conveyor.operator.engine.tuning import (
     distributions,
     grid_points,
     make_pruner,
+    max_epochs,
     planned_trials,
+    resource,
+    verdict_epochs,
     warmup_epochs,
     warmup_steps,
 )
+from tests.helpers.specs import make_spec, small_tuning
 
 MIXED = [
     {"name": "optimizer.learningRate", "type": "float", "min": 1e-4, "max": 1e-1, "log": True},
@@ -448,3 +452,55 @@ def test_asha_on_a_user_loop_has_no_rung_after_a_third_of_max_steps() -> None:
     assert isinstance(
         make_pruner(tuning(pruner="none"), Resource.steps(spec, None)), optuna.pruners.NopPruner
     )
+
+
+@pytest.mark.parametrize(("tuned_max", "most"), [(None, "spec"), (1000, 1000), (2, "spec")])
+def test_max_epochs(tuned_max: int | None, most: int | str) -> None:
+    swept = small_tuning()
+    if tuned_max is not None:
+        epochs = {"name": "training.epochs", "type": "int", "min": 1, "max": tuned_max}
+        swept["parameters"] = [*swept["parameters"], epochs]
+    spec = make_spec(tuning=swept)
+    assert spec.training.epochs > 2
+    assert max_epochs(spec) == (spec.training.epochs if most == "spec" else most)
+
+
+@pytest.mark.parametrize(
+    ("training", "expected"),
+    [
+        ({"epochs": 30, "batchSize": 64}, ("epoch", 1, 30)),
+        ({"epochs": 30, "entrypoint": "mypkg.loop:train", "maxSteps": 900}, ("step", 33, 900)),
+        ({"epochs": 30, "command": ["python", "train.py"], "maxSteps": 50}, ("step", 1, 50)),
+        ({"epochs": 30, "entrypoint": "mypkg.loop:train"}, ("step", 1, None)),  # no pruner, no bound
+    ],
+)
+def test_pruners_count_epochs_of_conveyors_loop_and_steps_of_a_user_loop(
+    training: dict[str, Any], expected: tuple[str, int, int | None]
+) -> None:
+    pruner = "asha" if "maxSteps" in training or "entrypoint" not in training else "none"
+    spec = make_spec(training=training, tuning=small_tuning(pruner=pruner))
+    found = resource(spec)
+    assert (found.unit, found.warmup, found.most) == expected
+
+
+@pytest.mark.parametrize(
+    ("training", "pruner", "expected"),
+    [
+        ({"epochs": 27}, "asha", (1, 3, 9)),
+        ({"epochs": 9}, "asha", (1, 3)),
+        ({"epochs": 81}, "asha", (3, 9, 27)),  # the first rung a 27th of the epochs, the last a third
+        ({"epochs": 27}, "median", ()),
+        ({"epochs": 27}, "hyperband", ()),
+        ({"epochs": 27}, "none", ()),
+        ({"epochs": 27, "entrypoint": "mypkg.loop:train", "maxSteps": 900}, "asha", ()),
+    ],
+)
+def test_trials_wait_for_a_verdict_at_ashas_rungs_of_conveyors_loop_only(
+    training: dict[str, Any], pruner: str, expected: tuple[int, ...]
+) -> None:
+    spec = make_spec(training=training, tuning=small_tuning(pruner=pruner))
+    assert verdict_epochs(spec) == expected
+
+
+def test_no_verdict_without_tuning() -> None:
+    assert verdict_epochs(make_spec(tuning=None, ensemble=None)) == ()

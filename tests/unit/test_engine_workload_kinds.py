@@ -89,6 +89,15 @@ def test_trials_and_the_final_training_carry_their_parameters() -> None:
     assert dict(workload_for(untuned, status, "train", 0).params) == {}
 
 
+def test_a_trial_under_asha_waits_for_verdicts_at_its_rungs_and_nothing_else_does() -> None:
+    status = tuned_status()
+    asha = make_spec(training={"epochs": 27, "batchSize": 32}, tuning=small_tuning(pruner="asha"))
+    assert workload_for(asha, status, "trial-0000", 0).verdict_epochs == (1, 3, 9)
+    assert workload_for(asha, status, "train", 0).verdict_epochs == ()
+    unpruned = make_spec(training={"epochs": 27, "batchSize": 32}, tuning=small_tuning(pruner="none"))
+    assert workload_for(unpruned, status, "trial-0000", 0).verdict_epochs == ()
+
+
 @pytest.mark.parametrize(("name", "error"), [("nope", "unknown workload"), ("trial-0009", "no trial")])
 def test_unknown_workloads_are_refused(name: str, error: str) -> None:
     with pytest.raises(KeyError, match=error):

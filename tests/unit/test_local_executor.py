@@ -12,17 +12,19 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from conveyor.operator.engine.actions import RequestStop, StartWorkload, StopWorkload
-from conveyor.operator.engine.observations import WorkloadObservation
+from conveyor.operator.engine.observations import Observations, WorkloadObservation
 from conveyor.operator.executors.forkserver import ForkServer
 from conveyor.operator.executors.local import LocalExecutor, torchrun_process_env
 from conveyor.operator.executors.protocol import carry_out
 from conveyor.operator.workloads import TORCHRUN_PROCESS_ENV, Workload
 from conveyor.sdk.env import STOP_FILE
+from conveyor.trainer.progress import VERDICT_FILE
 from tests.helpers.processes import alive, fake_python, leftovers, stand_in_executor
 
 Make = Callable[[Path, str], LocalExecutor]
@@ -238,12 +240,65 @@ def test_a_stop_request_reaches_every_worker_through_the_stop_file(tmp_path: Pat
     assert sorted(line for line in log if line) == ["stopped 0", "stopped 1"]
 
 
-def test_a_new_attempt_does_not_obey_a_stop_meant_for_an_older_one(tmp_path: Path, make: Make) -> None:
+def test_a_new_attempt_does_not_obey_a_stop_or_a_verdict_meant_for_an_older_one(
+    tmp_path: Path, make: Make
+) -> None:
     root = tmp_path / "run"
     out = root / trial().out
     out.mkdir(parents=True)
     (out / STOP_FILE).touch()
+    (out / VERDICT_FILE).write_text('{"epoch": 9}')
     executor = make(root, "sleep 30")
     carry_out(executor, [StartWorkload(trial(attempt=1))])
-    assert not (out / STOP_FILE).exists()
+    assert not (out / STOP_FILE).exists() and not (out / VERDICT_FILE).exists()
     executor.shutdown()
+
+
+def report_epoch(out: Path, epoch: int) -> str:
+    """Shell: append one epoch event to the progress file, as the trainer's rank 0 does."""
+    event = f'{{"event":"epoch","epoch":{epoch},"metrics":{{"accuracy":0.5}}}}'
+    return f"""mkdir -p "{out}"; echo '{event}' >> "{out}/progress.jsonl"; """
+
+
+def reported(executor: LocalExecutor, workload: Workload) -> WorkloadObservation:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        seen = observe(executor, workload)
+        if seen.epochs:
+            return seen
+        time.sleep(0.05)
+    raise AssertionError("the workload never reported an epoch")
+
+
+def test_a_trial_told_its_rungs_goes_on_once_the_epoch_it_reported_is_judged(
+    tmp_path: Path, make: Make
+) -> None:
+    root = tmp_path / "run"
+    workload = replace(trial(workers=1), verdict_epochs=(1, 3))
+    out = root / workload.out
+    verdict = out / VERDICT_FILE
+    waits = f'i=0; while [ ! -f "{verdict}" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; '
+    body = f'echo "rungs $CONVEYOR_VERDICT_EPOCHS"; {report_epoch(out, 1)}{waits}cat "{verdict}"'
+    executor = make(root, body)
+    carry_out(executor, [StartWorkload(workload)])
+    seen = reported(executor, workload)
+    assert not verdict.exists()  # observed, not yet decided on
+    executor.deliver_verdicts(Observations(workloads={workload.name: seen}))
+    assert wait_until_done(executor, workload) == "succeeded"
+    log = (root / "logs" / "trial-0001-0.log").read_text()
+    assert "rungs 1,3" in log and json.loads(log[log.index("{") :]) == {"epoch": 1}
+
+
+def test_no_verdict_for_a_trial_without_rungs_nor_for_one_stopped(tmp_path: Path, make: Make) -> None:
+    root = tmp_path / "run"
+    for name, rungs, stop in (("trial-0001", (), False), ("trial-0002", (1, 3), True)):
+        workload = Workload(name, "tune", "train", f"trials/{name}", verdict_epochs=rungs)
+        out = root / workload.out
+        executor = make(root, f"{report_epoch(out, 1)}sleep 30")
+        carry_out(executor, [StartWorkload(workload)])
+        seen = reported(executor, workload)
+        if stop:
+            carry_out(executor, [StopWorkload(name, 0, "Pruned")])
+        executor.deliver_verdicts(Observations(workloads={name: seen}))
+        assert not (out / VERDICT_FILE).exists()
+        executor.shutdown()

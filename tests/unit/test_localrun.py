@@ -29,6 +29,7 @@ class Executor:
         self.seen: dict[str, WorkloadObservation] = {}
         self.started: list[str] = []
         self.stopped = False
+        self.verdicts: list[tuple[list[str], list[str]]] = []  # (workloads observed, started by then)
 
     def observe(self, *_: Any) -> Observations:
         return Observations(workloads=dict(self.seen))
@@ -43,6 +44,9 @@ class Executor:
 
     def stop(self, name: str, attempt: int) -> None:
         pass
+
+    def deliver_verdicts(self, observations: Observations) -> None:
+        self.verdicts.append((sorted(observations.workloads), list(self.started)))
 
     def start_serving(self, model: str, serving: Any) -> None:
         pass
@@ -125,6 +129,15 @@ def test_a_step_decides_saves_and_acts(tmp_path: Path) -> None:
     assert status.phase == "Preparing" and status.observed_generation == 1
     assert executor.started == ["prepare"]
     assert on_disk(run.root) == status
+
+
+def test_verdicts_on_what_a_step_observed_are_delivered_after_its_actions(tmp_path: Path) -> None:
+    executor = Executor(instant=["prepare"])
+    run = local_run(tmp_path, executor)
+    status = run.step(localrun.load_status(run.root))
+    run.step(status)
+    trials = ["trial-0000", "trial-0001", "trial-0002"]
+    assert executor.verdicts == [([], ["prepare"]), (["prepare"], ["prepare", *trials])]
 
 
 def test_status_is_written_only_when_it_changed(tmp_path: Path) -> None:

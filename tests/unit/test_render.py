@@ -14,7 +14,7 @@ from conveyor.cli import main
 from conveyor.commands import render
 from conveyor.operator.api.resource import parse
 from conveyor.operator.engine import tuning
-from conveyor.operator.engine.trials import max_epochs
+from conveyor.operator.engine.tuning import max_epochs
 from conveyor.operator.kubernetes import builders
 from tests.helpers.manifests import REFERENCE, REPO, reference_document
 

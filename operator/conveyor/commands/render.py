@@ -85,7 +85,7 @@ def pipeline_objects(owner: Owner, settings: Settings) -> list[dict[str, Any]]:
     """Every object of the first attempt of each workload `owner`'s spec runs, then serving's."""
     from conveyor.operator.api.status import EnsembleStatus, PipelineStatus, TrialStatus
     from conveyor.operator.engine import promotion, tuning
-    from conveyor.operator.engine.trials import max_epochs
+    from conveyor.operator.engine.tuning import max_epochs
     from conveyor.operator.engine.workload_kinds import trial_name, workload_for
     from conveyor.operator.kubernetes import builders
 

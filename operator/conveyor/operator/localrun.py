@@ -116,7 +116,7 @@ class LocalRun:
         ]
 
     def step(self, status: PipelineStatus) -> PipelineStatus:
-        """One reconcile: observe, decide, persist, act."""
+        """One reconcile: observe, decide, persist, act, then tell waiting trials they were judged."""
         observations = self.executor.observe(active_workloads(status), status.serving is not None)
         decision = reconcile(
             self.spec, status, observations, datetime.now(UTC), generation=self.pipeline.metadata.generation
@@ -124,6 +124,7 @@ class LocalRun:
         if decision.status != status:
             save_status(self.root, decision.status)
         carry_out(self.executor, self.situate(decision.actions))
+        self.executor.deliver_verdicts(observations)
         return decision.status
 
     def run(

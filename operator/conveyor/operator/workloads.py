@@ -73,6 +73,9 @@ class Workload:
     method: str | None = None  # ensemble method
     trial: int | None = None  # Optuna trial number (trials only)
     params: Mapping[str, Any] = field(default_factory=dict)  # the trial's parameters, by dotted name
+    # Epochs after which a trial waits for the pruner's verdict (`tuning.verdict_epochs`); the local
+    # executor delivers it, so a pruned trial trains nothing past its rung.
+    verdict_epochs: tuple[int, ...] = ()
     distributed: bool = False  # run under torchrun with `workers` x `processes_per_worker`
     workers: int = 1
     processes_per_worker: int = 1

@@ -18,6 +18,14 @@ On stdout only, every training process also prints where its start-up went, once
 
     {"event": "startup", "rank": 0, "worldSize": 2, "at": {"process": .., "imported": .., ...}}
 
+A trial waits for the tuner's verdict after the epochs named in `CONVEYOR_VERDICT_EPOCHS` (ASHA's rungs,
+set by the local executor): rank 0 reports the epoch, then polls the model directory's `judged` file
+(`{"epoch": n}`, written by the executor once the engine has seen epoch n and not stopped the trial)
+before it trains on, so a pruned trial is stopped at its rung instead of training on while the stop
+travels, as a Ray Tune trial waits in `report`. No verdict within `VERDICT_TIMEOUT_SECONDS` (nobody
+judging) and it trains on. Pods are not told to wait: on Kubernetes a stop takes the operator's
+reconcile to arrive, and the trial trains on meanwhile.
+
 Validation metrics use the evaluation's names (`accuracy`, `f1`, `rmse`, ..., `loss` for the
 validation loss); the training loss is `trainLoss`.
 """
@@ -27,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +48,12 @@ PROGRESS_TOKEN_FILE_ENV = "CONVEYOR_PROGRESS_TOKEN_FILE"
 # The CA file the endpoint's certificate must verify against (set with an https URL); with one set,
 # nothing is sent unless over verified https.
 PROGRESS_CA_FILE_ENV = "CONVEYOR_PROGRESS_CA_FILE"
+
+# The epochs after which a trial waits for its verdict ("1,3,9"), and where the executor gives it.
+VERDICT_EPOCHS_ENV = "CONVEYOR_VERDICT_EPOCHS"
+VERDICT_FILE = "judged"
+VERDICT_TIMEOUT_SECONDS = 30.0
+VERDICT_POLL_SECONDS = 0.01
 
 TERMINATION_LOG = Path(os.environ.get("CONVEYOR_TERMINATION_LOG", "/dev/termination-log"))
 TERMINATION_LIMIT = 4096
@@ -105,6 +120,31 @@ def push(line: str, timeout: float = 1.0) -> bool:
             return bool(200 <= reply.status < 300)
     except Exception:  # progress is best effort by design
         return False
+
+
+def verdict_epochs() -> frozenset[int]:
+    """The epochs after which this workload waits for the tuner's verdict (none unless told)."""
+    named = os.environ.get(VERDICT_EPOCHS_ENV, "")
+    return frozenset(int(epoch) for epoch in named.split(",") if epoch.strip())
+
+
+def judged_epoch(model_dir: Path) -> int:
+    """The last epoch the executor says was judged (0 when none or mid-write)."""
+    try:
+        return int(json.loads((model_dir / VERDICT_FILE).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def await_verdict(model_dir: Path, epoch: int, timeout: float = VERDICT_TIMEOUT_SECONDS) -> bool:
+    """Wait until `epoch` has been judged and the trial goes on (a trial the tuner stops is stopped
+    while it waits); False when no verdict came within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while judged_epoch(model_dir) < epoch:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(VERDICT_POLL_SECONDS)
+    return True
 
 
 def read_events(model_dir: Path) -> list[dict[str, Any]]:

@@ -33,9 +33,11 @@ stream from disk instead (`conveyor.trainer.data.streaming`). The user's own dat
 goes through a DataLoader sharded across ranks (`conveyor.trainer.data.datasets`), and the user's own
 model (`model.entrypoint`) is built by `build_model` like the zoo's. Rank 0 validates on the whole validation
 split (the one rank that reads it) after every epoch and broadcasts the early-stopping decision, so all
-ranks stop together. Each process reports where its start-up went at its first step (`startup`). What a
-checkpoint holds is `conveyor.trainer.training_state.TrainingState`. At the end rank 0 writes the best epoch's
-weights, `model.json` and `result.json` (layout in `conveyor.trainer.artifacts`).
+ranks stop together; after an epoch the tuner judges (ASHA's rungs) it waits for the verdict before
+training on (`progress.await_verdict`). Each process reports where its start-up went at its first step
+(`startup`). What a checkpoint holds is `conveyor.trainer.training_state.TrainingState`. At the end
+rank 0 writes the best epoch's weights, `model.json` and `result.json` (layout in
+`conveyor.trainer.artifacts`).
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ def _train(
         marks.mark("firstStep")
         startup.report(marks, ctx.rank, ctx.world_size)
 
-    first = True
+    first, verdicts = True, progress.verdict_epochs()
     while not state.finished:
         epoch = state.epoch + 1
         epoch_start = time.perf_counter()
@@ -154,6 +156,8 @@ def _train(
         state.epoch = epoch
         state.finished = bool(distributed.broadcast_object(ctx, stop)) or epoch >= training.epochs
         state.save(latest)
+        if ctx.is_main and epoch in verdicts and not state.finished:
+            progress.await_verdict(out_dir, epoch)  # the other ranks wait in the next epoch's collectives
 
     result = final_result(state, task.metric)
     if ctx.is_main:

@@ -1,7 +1,8 @@
 """A pruned user loop: asked to stop, then stopped.
 
 Conveyor's own loop is stopped the moment the pruner decides (`trials`): it checkpoints nothing the
-study needs and its processes can be killed at any point. A user loop (`training.entrypoint` or
+study needs and its processes can be killed at any point (locally, a trial under ASHA is waiting at its
+rung for the verdict by then: `tuning.verdict_epochs`). A user loop (`training.entrypoint` or
 `command`) is the user's code: killed mid-step it may leave a half-written checkpoint, a locked file
 or an open connection behind, and its processes may be in a collective that a one-sided kill turns
 into a hang on the other ranks. So it is asked first and stopped only if it does not listen:

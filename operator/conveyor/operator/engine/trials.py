@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from conveyor.operator.api.spec import TrainingPipelineSpec, TuningSpec
+from conveyor.operator.api.spec import TuningSpec
 from conveyor.operator.api.status import BestTrial, PipelineStatus, TrialStatus, TuningStatus
 from conveyor.operator.engine import reasons, stopping
 from conveyor.operator.engine.context import ACTIVE, TRIAL_DONE, Context
-from conveyor.operator.engine.tuning import Resource, Study, planned_trials
+from conveyor.operator.engine.tuning import Study, max_epochs, planned_trials, resource
 from conveyor.operator.engine.workload_kinds import trial_name
 
 MAX_SAMPLER_STATES = 3
@@ -62,21 +62,6 @@ def tune(ctx: Context) -> bool:
     )
     ctx.at_work = None  # tuning is done: the phase follows the stages after it
     return True
-
-
-def max_epochs(spec: TrainingPipelineSpec) -> int:
-    """The most epochs any trial may run: the spec's, or the largest that tuning may choose."""
-    assert spec.tuning is not None
-    tuned = [int(p.max or 0) for p in spec.tuning.parameters if p.name == "training.epochs"]
-    return max([spec.training.epochs, *tuned])
-
-
-def resource(spec: TrainingPipelineSpec) -> Resource:
-    """What the pruner counts: a user loop's steps up to `training.maxSteps`, else epochs."""
-    assert spec.tuning is not None
-    if spec.training.user_loop:
-        return Resource.steps(spec.tuning, spec.training.max_steps)
-    return Resource.epochs(spec.tuning, max_epochs(spec))
 
 
 def _study(ctx: Context, tuning: TuningSpec) -> Study:

@@ -90,7 +90,7 @@ from optuna.distributions import (
 from optuna.storages import InMemoryStorage
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from conveyor.operator.api.spec import TuningSpec
+from conveyor.operator.api.spec import TrainingPipelineSpec, TuningSpec
 from conveyor.operator.api.status import TrialStatus
 from conveyor.operator.engine.asha import REDUCTION_FACTOR, Asha
 
@@ -227,6 +227,33 @@ def make_pruner(tuning: TuningSpec, max_epochs: int | Resource) -> optuna.pruner
             reduction_factor=REDUCTION_FACTOR,
         )
     assert_never(tuning.pruner)
+
+
+def max_epochs(spec: TrainingPipelineSpec) -> int:
+    """The most epochs any trial may run: the spec's, or the largest that tuning may choose."""
+    assert spec.tuning is not None
+    tuned = [int(p.max or 0) for p in spec.tuning.parameters if p.name == "training.epochs"]
+    return max([spec.training.epochs, *tuned])
+
+
+def resource(spec: TrainingPipelineSpec) -> Resource:
+    """What the pruner counts: a user loop's steps up to `training.maxSteps`, else epochs."""
+    assert spec.tuning is not None
+    if spec.training.user_loop:
+        return Resource.steps(spec.tuning, spec.training.max_steps)
+    return Resource.epochs(spec.tuning, max_epochs(spec))
+
+
+def verdict_epochs(spec: TrainingPipelineSpec) -> tuple[int, ...]:
+    """The epochs after which a trial of Conveyor's loop waits for the pruner's verdict: ASHA's rungs,
+    the only epochs where it decides whether a trial goes on. None for a user loop (it counts steps and
+    asks `conveyor.sdk.should_stop` itself) or another pruner: the median pruner decides at every epoch,
+    Hyperband at the rungs of a bracket chosen per trial."""
+    if spec.tuning is None or spec.tuning.pruner != "asha" or spec.training.user_loop:
+        return ()
+    pruner = make_pruner(spec.tuning, resource(spec))
+    assert isinstance(pruner, Asha)
+    return tuple(pruner.rungs())
 
 
 def report_steps(trial: TrialStatus, unit: Literal["epoch", "step"]) -> list[int | None]:

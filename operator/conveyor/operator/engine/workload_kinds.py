@@ -20,6 +20,7 @@ from typing import Any
 from conveyor.operator.api.spec import TrainingPipelineSpec
 from conveyor.operator.api.status import EvaluationStatus, PipelineStatus, StageName, WorkloadStatus
 from conveyor.operator.engine import reasons
+from conveyor.operator.engine.tuning import verdict_epochs
 from conveyor.operator.workloads import Command, Workload
 from conveyor.trainer.artifacts import TRIAL_PREFIX, workload_dir
 
@@ -178,6 +179,7 @@ def _trial(spec: TrainingPipelineSpec, status: PipelineStatus, name: str, attemp
         config=spec.trainer_config(trial.params).to_wire(),
         trial=trial.number,
         params=dict(trial.params),
+        verdict_epochs=verdict_epochs(spec),
         **_resources(spec, attempt, distributed=True),
     )
 

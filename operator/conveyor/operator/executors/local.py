@@ -14,6 +14,10 @@ process tree down; warm processes, the fork server and the model server die with
 when it is killed with SIGKILL. Asking a workload to stop (`request_stop`: a pruned user loop) writes
 the file `conveyor.sdk.env.STOP_FILE` into its output directory, where `conveyor.sdk.report` looks:
 the local twin of the progress endpoint's `{"stop": true}` (a new attempt starts without it).
+A trial under ASHA is told its rungs (`Workload.verdict_epochs`) and waits after each for the verdict
+(`conveyor.trainer.progress.await_verdict`); once the engine has decided on what was observed,
+`deliver_verdicts` writes the last epoch judged into the running trials' directories, so a pruned trial
+is stopped at its rung and trains nothing past it.
 
 It implements `protocol.Executor` and reports facts only (`conveyor.operator.engine.observations`):
 the processes' state from their exit codes (failed as soon as one exits non-zero; exit code 2 is
@@ -57,7 +61,7 @@ from conveyor.operator.workloads import (
 )
 from conveyor.sdk.env import STOP_FILE
 from conveyor.trainer import progress
-from conveyor.trainer.artifacts import RESULT_FILE, workload_dir
+from conveyor.trainer.artifacts import RESULT_FILE, workload_dir, write_json_atomic
 from conveyor.trainer.config import ServingSpec
 
 STOP_GRACE_SECONDS = 5.0
@@ -103,6 +107,13 @@ def torchrun_process_env(workload: Workload, node_rank: int, local_rank: int) ->
     }
 
 
+def verdict_env(workload: Workload) -> dict[str, str]:
+    """The epochs after which a trial waits for the pruner's verdict, as the trainer reads them."""
+    if not workload.verdict_epochs:
+        return {}
+    return {progress.VERDICT_EPOCHS_ENV: ",".join(str(epoch) for epoch in workload.verdict_epochs)}
+
+
 def stop_processes(processes: Iterable[Process], grace: float = STOP_GRACE_SECONDS) -> None:
     """SIGTERM each process group, then SIGKILL whatever is still alive after `grace` seconds."""
     alive = [p for p in processes if p.poll() is None]
@@ -137,6 +148,7 @@ class LocalJob:
     started_at: datetime
     stopped: bool = False
     finished_at: datetime | None = None
+    judged: int = 0  # the last epoch the trial was told was judged (`deliver_verdicts`)
 
     def exit_codes(self) -> list[int | None]:
         return [p.poll() for p in self.processes]
@@ -210,6 +222,7 @@ class LocalExecutor:
         # it obeyed by this one.
         (self.root / workload.out / RESULT_FILE).unlink(missing_ok=True)
         (self.root / workload.out / STOP_FILE).unlink(missing_ok=True)
+        (self.root / workload.out / progress.VERDICT_FILE).unlink(missing_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{workload.key}.log"
         port = free_port()
@@ -237,7 +250,7 @@ class LocalExecutor:
                 processes.append(
                     subprocess.Popen(
                         argv,
-                        env={**os.environ, **env},
+                        env={**os.environ, **env, **verdict_env(workload)},
                         stdout=sink,
                         stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL,
@@ -255,6 +268,7 @@ class LocalExecutor:
         try:
             for node_rank in range(workers):
                 _, env = command_argv(workload, str(self.root), "127.0.0.1", port, node_rank)
+                env.update(verdict_env(workload))
                 for local_rank in range(workload.processes_per_worker if workload.distributed else 1):
                     ranked = (
                         torchrun_process_env(workload, node_rank, local_rank) if workload.distributed else {}
@@ -286,6 +300,19 @@ class LocalExecutor:
         out = self.root / job.workload.out
         out.mkdir(parents=True, exist_ok=True)
         (out / STOP_FILE).touch()
+
+    def deliver_verdicts(self, observations: Observations) -> None:
+        """Tells each running trial that waits for verdicts the last epoch observed in `observations`,
+        once the engine has decided on them and its actions are carried out (a trial it pruned is
+        stopped by then, so whoever is told goes on)."""
+        for name, seen in observations.workloads.items():
+            job = self.jobs.get(name)
+            if job is None or job.stopped or not job.workload.verdict_epochs or not seen.epochs:
+                continue
+            epoch = seen.epochs[-1].epoch
+            if seen.attempt == job.workload.attempt and seen.state == "running" and epoch > job.judged:
+                write_json_atomic(self.root / job.workload.out / progress.VERDICT_FILE, {"epoch": epoch})
+                job.judged = epoch
 
     def start_serving(self, model: str, serving: ServingSpec) -> None:
         if self.server is not None and self.server.model == model:
