@@ -65,14 +65,22 @@ def observe(executor: LocalExecutor, workload: Workload) -> WorkloadObservation:
     return executor.observe([(workload.name, workload.attempt)], serving=False).workloads[workload.name]
 
 
-def wait_until_done(executor: LocalExecutor, workload: Workload) -> str:
+def observe_until(
+    executor: LocalExecutor, workload: Workload, seen: Callable[[WorkloadObservation], bool], what: str
+) -> WorkloadObservation:
+    """The first observation of `workload` for which `seen` holds, within 20 s."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        state = observe(executor, workload).state
-        if state not in ("running", "pending"):
-            return state
+        observation = observe(executor, workload)
+        if seen(observation):
+            return observation
         time.sleep(0.05)
-    raise AssertionError("workload never finished")
+    raise AssertionError(f"the workload never {what}")
+
+
+def wait_until_done(executor: LocalExecutor, workload: Workload) -> str:
+    finished = observe_until(executor, workload, lambda o: o.state not in ("running", "pending"), "finished")
+    return finished.state
 
 
 def test_one_process_per_worker_and_success_needs_every_worker(tmp_path: Path, make: Make) -> None:
@@ -261,13 +269,7 @@ def report_epoch(out: Path, epoch: int) -> str:
 
 
 def reported(executor: LocalExecutor, workload: Workload) -> WorkloadObservation:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        seen = observe(executor, workload)
-        if seen.epochs:
-            return seen
-        time.sleep(0.05)
-    raise AssertionError("the workload never reported an epoch")
+    return observe_until(executor, workload, lambda o: bool(o.epochs), "reported an epoch")
 
 
 def test_a_trial_told_its_rungs_goes_on_once_the_epoch_it_reported_is_judged(
