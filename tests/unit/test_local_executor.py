@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.devcluster.pytest_plugin import wait_for
 from conveyor.operator.engine.actions import RequestStop, StartWorkload, StopWorkload
 from conveyor.operator.engine.observations import Observations, WorkloadObservation
 from conveyor.operator.executors.forkserver import ForkServer
@@ -69,17 +70,19 @@ def observe_until(
     executor: LocalExecutor, workload: Workload, seen: Callable[[WorkloadObservation], bool], what: str
 ) -> WorkloadObservation:
     """The first observation of `workload` for which `seen` holds, within 20 s."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+
+    def check() -> WorkloadObservation | None:
         observation = observe(executor, workload)
-        if seen(observation):
-            return observation
-        time.sleep(0.05)
-    raise AssertionError(f"the workload never {what}")
+        return observation if seen(observation) else None
+
+    found: WorkloadObservation = wait_for(check, 20, what, interval=0.05)
+    return found
 
 
 def wait_until_done(executor: LocalExecutor, workload: Workload) -> str:
-    finished = observe_until(executor, workload, lambda o: o.state not in ("running", "pending"), "finished")
+    finished = observe_until(
+        executor, workload, lambda o: o.state not in ("running", "pending"), "the workload to finish"
+    )
     return finished.state
 
 
@@ -269,7 +272,7 @@ def report_epoch(out: Path, epoch: int) -> str:
 
 
 def reported(executor: LocalExecutor, workload: Workload) -> WorkloadObservation:
-    return observe_until(executor, workload, lambda o: bool(o.epochs), "reported an epoch")
+    return observe_until(executor, workload, lambda o: bool(o.epochs), "an epoch reported")
 
 
 def test_a_trial_told_its_rungs_goes_on_once_the_epoch_it_reported_is_judged(
