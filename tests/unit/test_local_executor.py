@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -124,11 +123,12 @@ def test_stop_takes_down_the_process_tree(tmp_path: Path, make: Make) -> None:
     executor = make(tmp_path / "run", body)
     workload = trial()
     carry_out(executor, [StartWorkload(workload)])
-    deadline = time.monotonic() + 10
-    while len(list(tmp_path.glob("grandchild.*"))) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    grandchildren = [int(p.read_text()) for p in tmp_path.glob("grandchild.*")]
-    assert len(grandchildren) == 2
+
+    def both_written() -> list[int]:
+        pids = [int(p.read_text()) for p in tmp_path.glob("grandchild.*")]
+        return pids if len(pids) == 2 else []
+
+    grandchildren: list[int] = wait_for(both_written, 10, "both workers' grandchildren", interval=0.05)
     carry_out(executor, [StopWorkload("trial-0001", 0, "Pruned")])
     assert leftovers(lambda: [pid for pid in grandchildren if alive(pid)], timeout=10) == []
 
@@ -214,10 +214,9 @@ def test_the_fork_server_forks_from_one_thread_and_takes_its_children_along(tmp_
         script = fake_python(tmp_path, f"sleep 60 & echo $! > {tmp_path}/grandchild; wait")
         env = {**os.environ, "CONVEYOR_TEST_TRAINER": script}
         child = server.spawn("tests.helpers.shell_trainer", [], env, tmp_path / "child.log")
-        deadline = time.monotonic() + 10
-        while not (tmp_path / "grandchild").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        grandchild = int((tmp_path / "grandchild").read_text())
+        grandchild = wait_for(
+            lambda: int((tmp_path / "grandchild").read_text()), 10, "the grandchild", interval=0.05
+        )
         assert child.poll() is None and alive(grandchild)
         # Killed outright (as when `conveyor run` is): its child dies with it, and reports so.
         os.kill(process.pid, signal.SIGKILL)
