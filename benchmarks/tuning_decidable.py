@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import scipy.stats
 import yaml
 
 from conveyor.operator.api.resource import load_manifest
@@ -484,12 +485,22 @@ def summarise(
 
 
 def seed_differences(a: dict[str, Any], b: dict[str, Any], one: float) -> str:
-    """Per-seed test differences in samples, with their mean and standard error: how much of a gap
-    between arms is the search's own seed-to-seed variation."""
+    """Per-seed test differences in samples, with their mean, standard error and 95% interval (Student's
+    t over the seeds): how much of a gap between arms is the search's own seed-to-seed variation, and
+    whether the seeds decide its sign ("a ahead", "b ahead") or not ("undecided")."""
     diffs = [(a["tests"][seed] - b["tests"][seed]) / one for seed in sorted(a["tests"])]
-    error = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
     listed = ", ".join(f"{d:+.0f}" for d in diffs)
-    return f"{listed} samples; mean {statistics.mean(diffs):+.1f} +- {error:.1f} (standard error)"
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return f"{listed} samples; mean {mean:+.1f}"
+    error = statistics.stdev(diffs) / len(diffs) ** 0.5
+    half = scipy.stats.t.ppf(0.975, len(diffs) - 1) * error
+    low, high = mean - half, mean + half
+    sign = "undecided" if low <= 0 <= high else ("first ahead" if low > 0 else "second ahead")
+    return (
+        f"{listed} samples; mean {mean:+.1f} +- {error:.1f} (standard error), "
+        f"95% interval {low:+.1f} to {high:+.1f}: {sign}"
+    )
 
 
 def paired(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
