@@ -43,6 +43,7 @@ offline: a local cluster started here, no dashboard, no usage stats.
     .venv/bin/python benchmarks/tuning_decidable.py --tasks digits --seeds 0 --trials 3 --parallelism 2 \
         --epochs 3                                                        # a smoke run, ~5 minutes
     .venv/bin/python benchmarks/tuning_decidable.py --report benchmarks/out/tuning_decidable.json
+    .venv/bin/python benchmarks/tuning_decidable.py --report run.json --rerun same-seeds-again.json  # A/A
 
 On the shared 2-core machine everything takes well over an hour, most of it Ray's trials (RESULTS.md:
 how the recorded run was split, and what it cost).
@@ -529,11 +530,14 @@ def save(
     args.out.write_text(json.dumps(saved, indent=1) + "\n")
 
 
-def report(paths: list[Path]) -> None:
-    """The tables of saved runs, merged per task and arm (runs split by seed read as one; where two
-    runs hold the same task, arm and seed, the later path's replaces the earlier's, so a re-run of one
-    arm after a change reads against the other arms of an earlier run)."""
-    merged: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
+Merged = dict[str, dict[str, dict[int, dict[str, Any]]]]  # task -> arm -> seed -> outcome
+
+
+def merge(paths: list[Path]) -> tuple[Merged, dict[str, dict[str, int]], int]:
+    """Saved runs merged per task and arm (runs split by seed read as one; where two runs hold the same
+    task, arm and seed, the later path's replaces the earlier's), with the splits' sizes and the epochs
+    every run trained."""
+    merged: Merged = {}
     sizes: dict[str, dict[str, int]] = {}
     epochs: set[int] = set()
     for path in paths:
@@ -547,11 +551,37 @@ def report(paths: list[Path]) -> None:
                 merged.setdefault(task, {}).setdefault(arm, {}).update({o["seed"]: o for o in outcomes})
     if len(epochs) != 1:
         raise SystemExit(f"the runs trained different epochs ({sorted(epochs)}); report them apart")
+    return merged, sizes, epochs.pop()
+
+
+def report(paths: list[Path], reruns: list[Path] | None = None) -> None:
+    """The tables of saved runs (`merge`: a re-run of one arm after a change reads against the other
+    arms of an earlier run); with `reruns`, runs of the same arms and seeds read apart, each arm's
+    per-seed difference from the reported runs: the spread an arm has against itself, from timing
+    alone, beside the gaps between arms."""
+    merged, sizes, epochs = merge(paths)
     for task, arms in merged.items():
         ordered = {arm: [arms[arm][seed] for seed in sorted(arms[arm])] for arm in ARMS if arm in arms}
         for arm, outcomes in ordered.items():
             print(f"{task} / {arm}: seeds {[o['seed'] for o in outcomes]}")
-        summarise(task, ordered, sizes[task], next(iter(epochs)))
+        summarise(task, ordered, sizes[task], epochs)
+    if not reruns:
+        return
+    again, _, again_epochs = merge(reruns)
+    if again_epochs != epochs:
+        raise SystemExit(f"the re-runs trained {again_epochs} epochs, the runs {epochs}; report them apart")
+    for task, arms in again.items():
+        one_test = 1 / sizes[task]["test"]
+        for arm, by_seed in arms.items():
+            if not set(by_seed) & set(merged.get(task, {}).get(arm, {})):
+                print(f"{task} / {arm}: the re-runs share no seed with the runs")
+                continue
+            first, second = paired(list(merged[task][arm].values()), list(by_seed.values()))
+            print(
+                f"{task} / {arm}, re-run - run ({first['n']} seeds): test {second['test']:.4f} vs "
+                f"{first['test']:.4f}, trial-epochs {second['epochs']:.1f} vs {first['epochs']:.1f}; "
+                f"per seed: {seed_differences(second, first, one_test)}"
+            )
 
 
 def main() -> None:
@@ -581,9 +611,18 @@ def main() -> None:
     parser.add_argument(
         "--report", type=Path, nargs="+", help="print the tables of saved runs (their --out files) and exit"
     )
+    parser.add_argument(
+        "--rerun",
+        type=Path,
+        nargs="+",
+        help="with --report: saved runs of the same arms on the same seeds, each arm's per-seed difference "
+        "from the reported runs (its spread against itself)",
+    )
     args = parser.parse_args()
+    if args.rerun and not args.report:
+        parser.error("--rerun compares against --report's runs; give --report too")
     if args.report:
-        report(args.report)
+        report(args.report, args.rerun)
         return
     if args.parallelism > args.trials:
         parser.error(f"--parallelism {args.parallelism} is more than --trials {args.trials}; lower it")
