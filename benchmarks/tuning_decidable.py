@@ -486,20 +486,22 @@ def summarise(
 
 
 def seed_differences(a: dict[str, Any], b: dict[str, Any], one: float) -> str:
-    """Per-seed test differences in samples, with their mean, standard error and 95% interval (Student's
-    t over the seeds): how much of a gap between arms is the search's own seed-to-seed variation, and
-    whether the seeds decide its sign ("a ahead", "b ahead") or not ("undecided")."""
+    """Per-seed test differences (`a` - `b`) in samples, with their mean, standard error, spread a seed
+    and 95% interval (Student's t over the seeds): how much of a gap between arms is the search's own
+    seed-to-seed variation, and whether the seeds decide its sign ("first ahead": `a`, "second ahead":
+    `b`) or not ("undecided")."""
     diffs = [(a["tests"][seed] - b["tests"][seed]) / one for seed in sorted(a["tests"])]
     listed = ", ".join(f"{d:+.0f}" for d in diffs)
     mean = statistics.mean(diffs)
     if len(diffs) < 2:
         return f"{listed} samples; mean {mean:+.1f}"
-    error = statistics.stdev(diffs) / len(diffs) ** 0.5
+    spread = statistics.stdev(diffs)
+    error = spread / len(diffs) ** 0.5
     half = scipy.stats.t.ppf(0.975, len(diffs) - 1) * error
     low, high = mean - half, mean + half
     sign = "undecided" if low <= 0 <= high else ("first ahead" if low > 0 else "second ahead")
     return (
-        f"{listed} samples; mean {mean:+.1f} +- {error:.1f} (standard error), "
+        f"{listed} samples; mean {mean:+.1f} +- {error:.1f} (standard error; sd {spread:.1f} a seed), "
         f"95% interval {low:+.1f} to {high:+.1f}: {sign}"
     )
 
